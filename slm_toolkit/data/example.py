@@ -1,0 +1,32 @@
+"""The one data type every stage sees: a reasoning example split into three segments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Per-token segment ids. Every token of a tokenized example carries exactly one.
+TEMPLATE = 0
+PROMPT = 1
+COT = 2
+ANSWER = 3
+SEGMENT_NAMES = {TEMPLATE: "template", PROMPT: "prompt", COT: "cot", ANSWER: "answer"}
+SEGMENT_IDS = {name: sid for sid, name in SEGMENT_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    cot: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    """Token ids and, aligned with them, one segment id per token (TEMPLATE/PROMPT/COT/ANSWER)."""
+
+    ids: list[int]
+    segments: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.segments):
+            raise ValueError("ids and segments must have the same length")
