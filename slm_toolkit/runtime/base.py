@@ -37,5 +37,11 @@ class Generator(Protocol):
     def generate(self, input_ids: Sequence[Sequence[int]], config: GenerationConfig) -> list[list[int]]:
         """Generate for a batch of prompts; return the new tokens only (EOS excluded)."""
 
+    def merge(self, states: Sequence[Any]) -> Any:
+        """Join decode states of several batches into one batch (continuous batching admits requests)."""
+
+    def select(self, state: Any, keep: Sequence[int]) -> Any:
+        """Keep only the sequences at these batch indices (finished or cancelled ones are dropped)."""
+
     def score(self, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]) -> list[float]:
         """Sum of log-probabilities of each candidate continuation given the prompt (prompt run once)."""
