@@ -1,0 +1,75 @@
+"""The prune stage's config (pydantic only, no torch: `slm validate` imports it).
+
+    - prune:
+        heads: 0.25          # fraction of KV-head groups to remove (a KV head goes with its query heads)
+        mlp: 0.5             # fraction of MLP intermediate channels
+        hidden: 0.0          # embedding / hidden width
+        layers: 0            # whole decoder layers to drop (depth pruning)
+        importance: taylor   # magnitude | taylor | activation
+        calibration: {samples: 128, batch_size: 16}
+        round_to: 8          # keep pruned dimensions multiples of this
+
+What needs the model (a ratio that would remove every KV head, more layers than the model has)
+is checked when the stage starts, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class CalibrationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = Field(128, description="training examples used to score importance / rank layers")
+    batch_size: int = 16
+
+    @field_validator("samples", "batch_size")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+
+class PruneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    heads: float = 0.0  # fraction of KV-head groups removed in every layer
+    mlp: float = 0.0  # fraction of MLP intermediate channels removed in every layer
+    hidden: float = 0.0  # fraction of the hidden (embedding) width removed
+    layers: int = 0  # number of whole decoder layers dropped
+    importance: Literal["magnitude", "taylor", "activation"] = "taylor"
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    round_to: int = 8
+
+    @field_validator("heads", "mlp", "hidden")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        if v >= 1:
+            raise ValueError("must be < 1")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("round_to")
+    @classmethod
+    def _round_to(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_prune(self) -> "PruneConfig":
+        if not (self.heads or self.mlp or self.hidden or self.layers):
+            raise ValueError("nothing to prune: set at least one of heads, mlp, hidden, layers")
+        return self
