@@ -1,0 +1,191 @@
+"""Distillation losses, in log space, chunked over tokens.
+
+Every kind compares the teacher distribution p and the student distribution q, both softened
+by the temperature T, and is multiplied by T^2 (Hinton et al.) so that gradient magnitudes do
+not change with T:
+
+    forward_kl   KL(p || q)
+    reverse_kl   KL(q || p)
+    jsd (beta)   beta * KL(p || m) + (1 - beta) * KL(q || m),   m = beta * p + (1 - beta) * q
+    tvd          1/2 * sum |p - q|
+    skl (alpha)  KL(p || alpha * p + (1 - alpha) * q)            (skew KL, DistiLLM)
+    srkl (alpha) KL(q || alpha * q + (1 - alpha) * p)            (skew reverse KL, DistiLLM)
+
+The per-token loss is `(1 - ce_weight) * KD + ce_weight * CE(label)` (CE at T = 1), weighted by
+the token's segment weight, summed, and divided by `denom`: the number of supervised tokens in
+the *global* batch (all micro-batches of the optimizer step, on all processes), so that the
+gradient does not depend on grad_accum or the number of processes.
+
+Offline teachers give only their top-k log-probabilities. We use the **tail-bucketed**
+distribution: k + 1 outcomes, the teacher's top-k tokens plus one bucket for all the rest
+(probability 1 - sum of the top k), for both teacher and student (the student's bucket
+probabilities come from its full-vocabulary softmax). Unlike renormalizing over the top k,
+the student is penalized for mass it puts outside the teacher's top k, and every kind stays
+finite. The temperature is applied to the k + 1 bucket log-probabilities of both sides; at
+T = 1 this is exactly the divergence between the two distributions coarsened to the buckets.
+
+Memory: the student's logits are computed from its hidden states a chunk of tokens at a time,
+inside activation checkpointing, so the full-vocabulary fp32 logits of a whole batch never
+exist at once (forward or backward); only hidden states of supervised tokens are kept.
+
+Written by hand: no library offers these divergences over top-k caches with chunking (TRL's
+GKD computes them on full logits of the whole batch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd", "skl", "srkl")
+_LOG_FLOOR = -1e4  # exp() of this is 0 in fp32: keeps 0 * log 0 terms at 0 instead of NaN
+
+
+def divergence(kind: str, logp: torch.Tensor, logq: torch.Tensor, param: float = 0.5) -> torch.Tensor:
+    """Per-row divergence between teacher log-probs `logp` and student log-probs `logq` (same
+    support, last dim). `param` is jsd's beta or skl/srkl's alpha."""
+    logp = logp.clamp_min(_LOG_FLOOR)
+    logq = logq.clamp_min(_LOG_FLOOR)
+    p, q = logp.exp(), logq.exp()
+    if kind == "forward_kl":
+        return (p * (logp - logq)).sum(-1)
+    if kind == "reverse_kl":
+        return (q * (logq - logp)).sum(-1)
+    if kind == "tvd":
+        return 0.5 * (p - q).abs().sum(-1)
+    if kind == "jsd":
+        logm = torch.logaddexp(logp + math.log(param), logq + math.log1p(-param))
+        return param * (p * (logp - logm)).sum(-1) + (1 - param) * (q * (logq - logm)).sum(-1)
+    if kind == "skl":
+        logm = torch.logaddexp(logp + math.log(param), logq + math.log1p(-param))
+        return (p * (logp - logm)).sum(-1)
+    if kind == "srkl":
+        logm = torch.logaddexp(logq + math.log(param), logp + math.log1p(-param))
+        return (q * (logq - logm)).sum(-1)
+    raise ValueError(f"unknown loss kind {kind!r}: expected one of {', '.join(KINDS)}")
+
+
+def bucket_logprobs(logprobs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Full log-probs [n, V] -> tail-bucketed log-probs [n, k + 1] over the tokens `idx` [n, k]."""
+    return topk_with_tail(logprobs.gather(-1, idx))
+
+
+def topk_with_tail(top: torch.Tensor) -> torch.Tensor:
+    """Top-k log-probs [n, k] -> [n, k + 1] with the tail bucket log(1 - sum exp(top)) appended."""
+    covered = torch.logsumexp(top, dim=-1, keepdim=True).clamp_max(0.0)
+    return torch.cat([top, _log1mexp(covered)], dim=-1)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x <= 0, stable, floored instead of -inf when x == 0."""
+    x = x.clamp_max(-1e-12)
+    out = torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    return out.clamp_min(_LOG_FLOOR)
+
+
+@dataclass
+class TopKTargets:
+    """Offline teacher targets for n tokens: top-k log-probs (at T = 1) and their token ids."""
+
+    logprobs: torch.Tensor  # [n, k] float
+    indices: torch.Tensor  # [n, k] long
+
+
+@dataclass
+class OnlineTargets:
+    """Online teacher targets for n tokens: its hidden states and its output head."""
+
+    hidden: torch.Tensor  # [n, H_teacher], no grad
+    head: Callable[[torch.Tensor], torch.Tensor]
+
+
+Targets = TopKTargets | OnlineTargets
+
+
+def token_losses(
+    s_logits: torch.Tensor,
+    t_chunk: TopKTargets | torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    kind: str,
+    temperature: float,
+    param: float,
+    ce_weight: float,
+) -> torch.Tensor:
+    """Per-token loss [n] from student logits [n, V] and teacher top-k targets or teacher logits."""
+    s_logits = s_logits.float()
+    kd = torch.zeros(s_logits.shape[0], device=s_logits.device)
+    if ce_weight < 1.0:
+        if isinstance(t_chunk, TopKTargets):
+            logq = bucket_logprobs(F.log_softmax(s_logits, -1), t_chunk.indices)
+            logp = topk_with_tail(t_chunk.logprobs.float())
+            if temperature != 1.0:
+                logq = F.log_softmax(logq / temperature, -1)
+                logp = F.log_softmax(logp / temperature, -1)
+        else:
+            logq = F.log_softmax(s_logits / temperature, -1)
+            logp = F.log_softmax(t_chunk.float() / temperature, -1)
+        kd = divergence(kind, logp, logq, param) * temperature**2
+    if ce_weight == 0.0:
+        return kd
+    ce = F.cross_entropy(s_logits, labels, reduction="none")
+    return (1.0 - ce_weight) * kd + ce_weight * ce
+
+
+def _slice(targets: Targets, lo: int, hi: int, vocab: int) -> TopKTargets | torch.Tensor:
+    if isinstance(targets, TopKTargets):
+        return TopKTargets(targets.logprobs[lo:hi], targets.indices[lo:hi])
+    with torch.no_grad():
+        return targets.head(targets.hidden[lo:hi])[..., :vocab]
+
+
+def distill_loss(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    targets: Targets,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    denom: float,
+    *,
+    kind: str = "forward_kl",
+    temperature: float = 1.0,
+    param: float = 0.5,
+    ce_weight: float = 0.0,
+    vocab: int | None = None,
+    chunk_size: int = 512,
+) -> torch.Tensor:
+    """sum_i weights_i * loss_i / denom over n supervised tokens, `chunk_size` tokens at a time.
+
+    hidden: student hidden states of the supervised tokens [n, H] (the positions *before* each
+    label); head: the student's output layer; labels [n]; weights [n]; vocab: the shared
+    vocabulary size (logits beyond it, e.g. padding rows, are dropped).
+    """
+    n = hidden.shape[0]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    if n == 0:
+        return total + 0.0 * hidden.sum()  # keeps the graph (and DDP) connected; value 0, never NaN
+    vocab = vocab or int(head(hidden[:1]).shape[-1])
+    for lo in range(0, n, chunk_size):
+        hi = min(n, lo + chunk_size)
+
+        def chunk_loss(h, lo=lo, hi=hi):
+            # teacher logits are made here (and again on recompute) so no chunk's outlive it
+            t_chunk = _slice(targets, lo, hi, vocab)
+            s_logits = head(h)[..., :vocab]
+            per_tok = token_losses(
+                s_logits, t_chunk, labels[lo:hi],
+                kind=kind, temperature=temperature, param=param, ce_weight=ce_weight,
+            )
+            return (per_tok * weights[lo:hi]).sum()
+
+        h = hidden[lo:hi]
+        if torch.is_grad_enabled() and h.requires_grad:
+            total = total + checkpoint(chunk_loss, h, use_reentrant=False)
+        else:
+            total = total + chunk_loss(h)
+    return total / denom
