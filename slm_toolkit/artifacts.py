@@ -26,6 +26,15 @@ KINDS = ("hf", "onnx", "tensorrt")
 _CHUNK = 1 << 20
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # mkstemp/mkdtemp create private (0600/0700) entries; published ones follow the umask
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename inside `folder` durable (cheap; silently skipped where unsupported)."""
     try:
@@ -50,6 +59,7 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -153,6 +163,7 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
     except BaseException:
