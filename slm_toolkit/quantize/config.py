@@ -3,6 +3,7 @@
     - quantize: {scheme: int8_dynamic}
     - quantize: {scheme: ort_int4, block_size: 32}
     - quantize: {scheme: ort_int8_static, calibration: {samples: 64}}
+    - quantize: {scheme: int8_dynamic, limit: 200}   # eval examples for the accuracy delta (null = all)
 
 Schemes that start with `ort_` apply to an exported ONNX artifact and produce one; the others
 apply to a Hugging Face folder and produce one. fp8 needs a CUDA GPU of compute capability
@@ -48,6 +49,14 @@ class QuantizeConfig(BaseModel):
     scheme: Scheme = "int8_dynamic"
     block_size: int = Field(32, description="ort_int4 only: weights per quantization block")
     calibration: CalibrationConfig = CalibrationConfig()
+    limit: int | None = Field(200, description="eval examples for the accuracy delta vs the input; null = all")
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1 (or null for every eval example)")
+        return v
 
     @field_validator("block_size")
     @classmethod

@@ -1,0 +1,145 @@
+"""ONNX Runtime quantization of an exported ONNX folder (optimum's merged decoder with KV cache).
+
+- ort_int8_dynamic: `quantize_dynamic`, int8 weights, activations quantized per call (QOperator).
+- ort_int8_static: `quantize_static`, QDQ format, activation ranges calibrated on the recipe's
+  prompts (a CalibrationDataReader feeding the merged decoder its first step: empty KV cache).
+- ort_int4: weight-only 4-bit `MatMulNBits` through onnxruntime's `MatMulNBitsQuantizer`
+  (blocked, symmetric, block size configurable).
+
+Only MatMul weights are quantized (the linear layers); embeddings, norms and attention math stay
+float, which is what keeps decoder LLMs accurate under int8.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+ORT_SCHEMES = ("ort_int8_dynamic", "ort_int8_static", "ort_int4")
+MODEL_FILE = "model.onnx"
+# Protobuf caps a single .onnx file at 2 GB: above this, weights go to an external data file.
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+# MatMulNBits accuracy_level 4 = int8 activations inside the kernel: the fast CPU path
+# (onnxruntime-genai's model builder uses the same for CPU int4).
+INT4_ACCURACY_LEVEL = 4
+
+
+def quantize_onnx(
+    src: Path,
+    dst: Path,
+    scheme: str,
+    block_size: int = 32,
+    calibration_prompts: Sequence[Sequence[int]] = (),
+) -> Path:
+    """Quantize `src/model.onnx` into `dst/model.onnx`; return the written file."""
+    model_in, model_out = Path(src) / MODEL_FILE, Path(dst) / MODEL_FILE
+    if not model_in.is_file():
+        raise FileNotFoundError(f"{src} has no {MODEL_FILE}: {scheme} needs an ONNX export (`export: {{format: onnx}}`)")
+    model_out.parent.mkdir(parents=True, exist_ok=True)
+    external = _needs_external_data(Path(src))
+    if scheme == "ort_int8_dynamic":
+        _dynamic(model_in, model_out, external)
+    elif scheme == "ort_int8_static":
+        if not calibration_prompts:
+            raise ValueError("ort_int8_static needs calibration prompts (the recipe's data gave none)")
+        _static(model_in, model_out, calibration_prompts, external)
+    elif scheme == "ort_int4":
+        _int4(model_in, model_out, block_size, external)
+    else:
+        raise ValueError(f"{scheme!r} is not an ONNX Runtime scheme; choose one of {', '.join(ORT_SCHEMES)}")
+    return model_out
+
+
+def _needs_external_data(src: Path) -> bool:
+    total = sum(p.stat().st_size for p in src.iterdir() if p.name.startswith(MODEL_FILE))
+    return total > _EXTERNAL_DATA_BYTES
+
+
+def _dynamic(model_in: Path, model_out: Path, external: bool) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(model_in), str(model_out), op_types_to_quantize=["MatMul"], per_channel=False,
+        weight_type=QuantType.QInt8, use_external_data_format=external,
+    )
+
+
+def _static(model_in: Path, model_out: Path, prompts: Sequence[Sequence[int]], external: bool) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(model_in), str(model_out), DecoderCalibrationReader(model_in, prompts),
+        quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+
+
+def _int4(model_in: Path, model_out: Path, block_size: int, external: bool) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(model_in)), bits=4, block_size=block_size, is_symmetric=True,
+        accuracy_level=INT4_ACCURACY_LEVEL,
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(model_out), use_external_data_format=external)
+
+
+class DecoderCalibrationReader:
+    """Feeds tokenized prompts to the merged decoder as first steps (empty KV cache), one per call.
+
+    Implements onnxruntime's CalibrationDataReader protocol (`get_next` returns a feed dict or None).
+    Input names, KV-cache shapes (heads, head_dim) and dtypes are read from the graph, so
+    head-pruned and fp16 exports work.
+    """
+
+    def __init__(self, model_path: Path, prompts: Sequence[Sequence[int]]):
+        self.inputs = graph_inputs(model_path)
+        self.prompts = [list(p) for p in prompts]
+        self._next = 0
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self._next >= len(self.prompts):
+            return None
+        self._next += 1
+        return first_step_feeds(self.prompts[self._next - 1], self.inputs)
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def graph_inputs(model_path: Path) -> dict[str, tuple[Any, ...]]:
+    """{input name: shape with symbolic dims as None} plus the numpy dtype last, from the graph."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    out = {}
+    for inp in model.graph.input:
+        t = inp.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        out[inp.name] = (*dims, tensor_dtype_to_np_dtype(t.elem_type))
+    return out
+
+
+def first_step_feeds(ids: Sequence[int], inputs: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    """Inputs of the merged decoder for one prompt with an empty cache (past length 0)."""
+    import numpy as np
+
+    arr = np.asarray([list(ids)], dtype=np.int64)
+    feeds = {
+        "input_ids": arr,
+        "attention_mask": np.ones_like(arr),
+        "position_ids": np.arange(arr.shape[1], dtype=np.int64)[None, :],
+    }
+    feeds = {k: v for k, v in feeds.items() if k in inputs}
+    for name, (*dims, dtype) in inputs.items():
+        if name.startswith("past_key_values"):  # [batch, kv heads, past length, head dim]
+            feeds[name] = np.zeros((1, dims[1], 0, dims[3]), dtype=dtype)
+    missing = set(inputs) - set(feeds)
+    if missing:
+        raise ValueError(f"cannot calibrate: the ONNX model has inputs we do not know how to feed: {sorted(missing)}")
+    return feeds

@@ -1,0 +1,172 @@
+"""The `quantize` stage: quantize the input artifact into the stage folder, then measure it.
+
+    setup    the input artifact's kind must fit the scheme (HF folder, or ONNX for ort_*)
+    quantize one backend per scheme family: torchao (int8, W8A8, fp8), bitsandbytes (8-bit, NF4),
+             onnxruntime (int8 dynamic, int8 static QDQ, int4 MatMulNBits); side files (tokenizer,
+             config for ONNX) are copied so the folder keeps the input's layout
+    measure  the saved artifact is reopened from disk (proving it reloads) and compared with the
+             input: bytes on disk, exact-match accuracy on the eval prompts, batch-1 decode latency
+    save     slm_meta.json; a report line that warns when the quantized artifact decodes slower
+
+A quantized model that is slower than its input is a known trap (int8 weight-only and
+W4A16 often decode slower than fp16 in the field's issue trackers): the stage flags it,
+`slower_than_input = 1.0`, rather than hiding it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from slm_toolkit.quantize.config import QuantizeConfig, output_kind
+from slm_toolkit.stage import StageInput, StageOutput
+
+LATENCY_NEW_TOKENS = 32
+LATENCY_REPEATS = 5
+# Files that hold weights (rewritten by the quantizer) or describe a run (rewritten by us).
+_NOT_COPIED_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".data", ".bin", ".md", ".png")
+_NOT_COPIED_NAMES = {"model.safetensors.index.json", "slm_meta.json", "metrics.json", "report_section.md"}
+
+
+def run(cfg: QuantizeConfig, inp: StageInput) -> StageOutput:
+    from slm_toolkit.artifacts import artifact_kind, write_meta
+    from slm_toolkit.models.load import load_tokenizer
+
+    # setup
+    src, dst = Path(inp.artifact), Path(inp.workdir)
+    in_kind = artifact_kind(src)
+    out_kind = output_kind(cfg, in_kind)  # ValueError with the fix when the order is wrong
+    tokenizer = load_tokenizer(src)
+    examples = list(inp.data.eval)[: cfg.limit] if cfg.limit else list(inp.data.eval)
+    if not examples:
+        raise ValueError("quantize needs eval examples to measure the accuracy delta (data.eval is empty)")
+
+    # quantize
+    t0 = time.perf_counter()
+    calibration = _calibration_prompts(tokenizer, inp, cfg.calibration.samples) if cfg.scheme == "ort_int8_static" else []
+    quantize_artifact(cfg.scheme, src, dst, inp.device, cfg.block_size, calibration)
+    copy_side_files(src, dst)
+    quantize_s = time.perf_counter() - t0
+
+    # measure (the quantized model is reopened from disk)
+    t1 = time.perf_counter()
+    before = measure(open_generator(src, None, inp.device), tokenizer, examples, src)
+    after = measure(open_generator(dst, cfg.scheme, inp.device), tokenizer, examples, dst)
+    metrics = compare(before, after)
+    measure_s = time.perf_counter() - t1
+
+    # save
+    write_meta(dst, kind=out_kind, stage="quantize", parent=str(src), scheme=cfg.scheme,
+               config=cfg.model_dump(), metrics=metrics)
+    return StageOutput(
+        artifact=dst,
+        metrics=metrics,
+        timings={"quantize_s": quantize_s, "measure_s": measure_s},
+        extra={"report_md": report_md(cfg.scheme, metrics)},
+    )
+
+
+def quantize_artifact(scheme: str, src: Path, dst: Path, device: str, block_size: int,
+                      calibration: list[list[int]]) -> None:
+    """Dispatch one scheme to its backend; each writes its model files into `dst`."""
+    if scheme in ("int8_weight_only", "int8_dynamic"):
+        from slm_toolkit.quantize.torchao_backend import quantize_torchao
+
+        quantize_torchao(src, dst, scheme, device=device)
+    elif scheme == "fp8":
+        from slm_toolkit.quantize.fp8 import quantize_fp8
+
+        quantize_fp8(src, dst, device)
+    elif scheme in ("bnb_int8", "bnb_nf4"):
+        from slm_toolkit.quantize.bnb import quantize_bnb
+
+        quantize_bnb(src, dst, scheme, device=device)
+    elif scheme.startswith("ort_"):
+        from slm_toolkit.quantize.ort import quantize_onnx
+
+        quantize_onnx(src, dst, scheme, block_size=block_size, calibration_prompts=calibration)
+    else:
+        raise ValueError(f"unknown quantization scheme {scheme!r}")
+
+
+def copy_side_files(src: Path, dst: Path) -> None:
+    """Copy tokenizer, config and generation files the quantizer did not write (top level only)."""
+    for path in sorted(src.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or (dst / path.name).exists():
+            continue
+        if path.name in _NOT_COPIED_NAMES or path.name.endswith(_NOT_COPIED_SUFFIXES):
+            continue
+        shutil.copy2(path, dst / path.name)
+
+
+def _calibration_prompts(tokenizer: Any, inp: StageInput, samples: int) -> list[list[int]]:
+    """Tokenized generation prompts for static calibration: train prompts first, then eval."""
+    from slm_toolkit.data.segments import prompt_ids
+
+    pool = list(inp.data.train) + list(inp.data.eval)
+    if not pool:
+        raise ValueError("ort_int8_static needs the recipe's data for calibration, and it has no examples")
+    return [prompt_ids(tokenizer, ex.prompt) for ex in pool[:samples]]
+
+
+def open_generator(folder: Path, scheme: str | None, device: str) -> Any:
+    """A Generator over the artifact, reloaded from disk (torchao folders need our loader)."""
+    from slm_toolkit.quantize.torchao_backend import is_torchao_folder
+
+    if is_torchao_folder(folder):
+        from slm_toolkit.quantize.torchao_backend import load_torchao_model
+        from slm_toolkit.runtime.torch import TorchGenerator
+
+        return TorchGenerator(load_torchao_model(folder, device=device))
+    from slm_toolkit.runtime.loader import load_generator
+
+    return load_generator(folder, device=device)
+
+
+def measure(generator: Any, tokenizer: Any, examples: list[Any], folder: Path) -> dict[str, float]:
+    """Bytes on disk, exact-match accuracy and batch-1 decode latency of one artifact."""
+    from slm_toolkit.data.segments import prompt_ids
+    from slm_toolkit.evaluate.metrics import bytes_on_disk, decode_latency, exact_match, generation_budget
+
+    quality = exact_match(generator, tokenizer, examples, generation_budget(tokenizer, examples))
+    speed = decode_latency(generator, prompt_ids(tokenizer, examples[0].prompt), LATENCY_NEW_TOKENS,
+                           repeats=LATENCY_REPEATS, warmup=1)
+    return {
+        "bytes": float(bytes_on_disk(folder)),
+        "accuracy": quality["accuracy"],
+        "answer_rate": quality["answer_rate"],
+        "latency_ms_median": speed["latency_ms_median"],
+        "latency_ms_spread": speed["latency_ms_spread"],
+        "tok_s": speed["tok_s"],
+    }
+
+
+def compare(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The stage's flat metrics: the quantized artifact's figures, the input's, and their deltas."""
+    metrics = dict(after)
+    metrics.update({f"input_{k}": v for k, v in before.items()})
+    metrics["bytes_ratio"] = after["bytes"] / before["bytes"] if before["bytes"] else 0.0
+    metrics["accuracy_delta"] = after["accuracy"] - before["accuracy"]
+    base = before["latency_ms_median"]
+    metrics["latency_ratio"] = after["latency_ms_median"] / base if base else 0.0
+    metrics["slower_than_input"] = 1.0 if after["latency_ms_median"] > base else 0.0
+    return metrics
+
+
+def report_md(scheme: str, m: dict[str, float]) -> str:
+    lines = [
+        f"### quantize: {scheme}",
+        "",
+        "| | input | quantized | change |",
+        "|---|---|---|---|",
+        f"| bytes on disk | {m['input_bytes'] / 1e6:.2f} MB | {m['bytes'] / 1e6:.2f} MB | ×{m['bytes_ratio']:.2f} |",
+        f"| accuracy | {m['input_accuracy']:.3f} | {m['accuracy']:.3f} | {m['accuracy_delta']:+.3f} |",
+        f"| batch-1 decode latency ({LATENCY_NEW_TOKENS} tokens) | {m['input_latency_ms_median']:.1f} ms "
+        f"| {m['latency_ms_median']:.1f} ms | ×{m['latency_ratio']:.2f} |",
+    ]
+    if m["slower_than_input"]:
+        lines += ["", f"**Warning:** the {scheme} artifact decodes slower than its input "
+                      f"(×{m['latency_ratio']:.2f} batch-1 latency): it saves bytes, not time, on this hardware."]
+    return "\n".join(lines) + "\n"
