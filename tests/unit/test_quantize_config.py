@@ -1,0 +1,130 @@
+"""QuantizeConfig validation, output kinds, the fp8 hardware check and scheme -> backend mapping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from slm_toolkit.quantize.config import QuantizeConfig, output_kind
+from slm_toolkit.registry import STAGES
+
+
+def test_defaults_and_yaml_keys():
+    cfg = QuantizeConfig.model_validate({"scheme": "ort_int8_static", "calibration": {"samples": 8}})
+    assert (cfg.scheme, cfg.calibration.samples, cfg.block_size) == ("ort_int8_static", 8, 32)
+    assert QuantizeConfig().scheme == "int8_dynamic"
+    assert QuantizeConfig(scheme="ort_int4", block_size=128).block_size == 128
+
+
+@pytest.mark.parametrize(
+    "raw, where, message",
+    [
+        ({"scheme": "int3"}, "scheme", "Input should be"),
+        ({"scheme": "int8_dynamic", "bits": 8}, "bits", "Extra inputs are not permitted"),
+        ({"calibration": {"samples": 0}}, "samples", "must be >= 1"),
+        ({"calibration": {"sample": 4}}, "sample", "Extra inputs are not permitted"),
+        ({"block_size": 48}, "block_size", "power of two >= 16"),
+        ({"block_size": 8}, "block_size", "power of two >= 16"),
+        ({"limit": 0}, "limit", "must be >= 1"),
+    ],
+)
+def test_invalid_values_name_the_field(raw, where, message):
+    with pytest.raises(ValidationError) as err:
+        QuantizeConfig.model_validate(raw)
+    text = str(err.value)
+    assert where in text and message in text
+
+
+def _fake_cuda(monkeypatch, available: bool, capability=(9, 0), name="NVIDIA H200"):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+
+
+def test_fp8_without_cuda_is_a_config_error(monkeypatch):
+    _fake_cuda(monkeypatch, available=False)
+    with pytest.raises(ValidationError) as err:
+        QuantizeConfig(scheme="fp8")
+    text = str(err.value)
+    assert "scheme" in text and "compute capability >= 8.9" in text and "no CUDA device" in text
+
+
+def test_fp8_on_an_old_gpu_names_its_capability(monkeypatch):
+    _fake_cuda(monkeypatch, available=True, capability=(8, 0), name="NVIDIA A100")
+    with pytest.raises(ValidationError, match=r"A100 has 8\.0"):
+        QuantizeConfig(scheme="fp8")
+
+
+@pytest.mark.parametrize("capability", [(8, 9), (9, 0), (10, 0)])
+def test_fp8_accepted_on_ada_and_hopper(monkeypatch, capability):
+    _fake_cuda(monkeypatch, available=True, capability=capability)
+    assert QuantizeConfig(scheme="fp8").scheme == "fp8"
+
+
+def test_fp8_maps_to_torchao_float8_per_row():
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+    from slm_toolkit.quantize.fp8 import fp8_config
+
+    cfg = fp8_config()
+    assert isinstance(cfg, Float8DynamicActivationFloat8WeightConfig)
+    assert cfg.granularity == [PerRow(), PerRow()]  # activations per token, weights per row
+
+
+def test_int8_schemes_map_to_torchao_configs():
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+
+    from slm_toolkit.quantize.torchao_backend import ao_config
+
+    assert isinstance(ao_config("int8_weight_only"), Int8WeightOnlyConfig)
+    assert isinstance(ao_config("int8_dynamic"), Int8DynamicActivationInt8WeightConfig)
+    with pytest.raises(ValueError, match="not a torchao scheme"):
+        ao_config("bnb_nf4")
+
+
+def test_quantize_fp8_refuses_to_run_without_cuda(monkeypatch, tmp_path):
+    from slm_toolkit.quantize.fp8 import quantize_fp8
+
+    _fake_cuda(monkeypatch, available=False)
+    with pytest.raises(RuntimeError, match="compute capability >= 8.9"):
+        quantize_fp8(tmp_path / "in", tmp_path / "out", "cpu")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("scheme", ["ort_int8_dynamic", "ort_int8_static", "ort_int4"])
+def test_ort_schemes_need_an_onnx_input(scheme):
+    cfg = QuantizeConfig(scheme=scheme)
+    assert output_kind(cfg, "onnx") == "onnx"
+    with pytest.raises(ValueError) as err:
+        output_kind(cfg, "hf")
+    assert str(err.value) == (
+        f"{scheme} applies to an exported ONNX artifact: put `export: {{format: onnx}}` before it"
+    )
+
+
+@pytest.mark.parametrize("scheme", ["int8_weight_only", "int8_dynamic", "bnb_int8", "bnb_nf4"])
+def test_torch_schemes_need_a_hf_input(scheme):
+    cfg = QuantizeConfig(scheme=scheme)
+    assert output_kind(cfg, "hf") == "hf"
+    with pytest.raises(ValueError, match="before `export`"):
+        output_kind(cfg, "onnx")
+
+
+def test_registry_uses_this_output_kind():
+    spec = STAGES["quantize"]
+    assert spec.config is QuantizeConfig
+    assert spec.output_kind(QuantizeConfig(scheme="ort_int4"), "onnx") == "onnx"
+    with pytest.raises(ValueError, match="ONNX artifact"):
+        spec.output_kind(QuantizeConfig(scheme="ort_int4"), "hf")
+
+
+def test_nf4_cpu_dims_check_names_the_layers():
+    from slm_toolkit.quantize.bnb import check_nf4_cpu_dims
+
+    check_nf4_cpu_dims({"a": (64, 32), "b": (128, 256)})  # fits: no error
+    with pytest.raises(ValueError) as err:
+        check_nf4_cpu_dims({"ok": (64, 64), "mlp.up_proj": (48, 96), "k_proj": (64, 24)})
+    text = str(err.value)
+    assert "mlp.up_proj (48->96)" in text and "k_proj (64->24)" in text and "ok (" not in text
+    assert "bnb_int8" in text  # says what to use instead
