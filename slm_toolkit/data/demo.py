@@ -61,6 +61,18 @@ def _one_example(rng: random.Random, steps: int, digits: int, ops: str, verify: 
         b = rng.randint(lo, hi)
         moves.append((op, b))
         value = _apply(value, op, b)
+    return format_example(first, moves, verify)
+
+
+def format_example(first: int, moves: list[tuple[str, int]], verify: int) -> Example:
+    """The task's text for a problem: `first` then (op, operand) moves, with `verify` checks.
+
+    Public so that other generators of the same format (e.g. easy-operand pretraining data for
+    the builtin student) write exactly this text instead of a copy of it.
+    """
+    value = first
+    for op, b in moves:
+        value = _apply(value, op, b)
     prompt = str(first) + "".join(f"{op}{b}" for op, b in moves) + "="
     lines = _forward(first, moves)
     for check in range(1, verify + 1):

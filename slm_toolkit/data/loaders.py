@@ -12,7 +12,8 @@ JSONL formats (`fmt`):
 - "auto": detected per file from the first record's fields.
 
 Sources: "builtin:arith-cot"; a .jsonl file (shuffled with the seed, the first `n_eval` kept
-for eval, the next `n_train` for training); a folder with train.jsonl and test.jsonl (or
+for eval, the next `n_train` for training; a file too small for both keeps eval's size, up to
+all but one example, and trains on the rest); a folder with train.jsonl and test.jsonl (or
 eval.jsonl / validation.jsonl), each shuffled with the seed and cut to size. Fewer examples
 than asked is a warning that says how many exist; none at all is an error.
 """
@@ -136,7 +137,7 @@ def _file_split(path: Path, fmt: str, n_train: int, n_eval: int, seed: int) -> t
     if len(examples) < 2:
         raise ValueError(f"{path}: has {len(examples)} example; need at least 2 (one for eval, one for training)")
     if len(examples) < n_train + n_eval:
-        k_eval = min(n_eval, len(examples) // 2)
+        k_eval = min(n_eval, len(examples) - 1)  # eval keeps its size; training gets the rest
         warnings.warn(
             f"{path}: has {len(examples)} examples, fewer than the {n_train} + {n_eval} asked; "
             f"using {k_eval} for eval and {len(examples) - k_eval} for training",

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from slm_toolkit.data.config import DataConfig, DemoTaskConfig
-from slm_toolkit.data.demo import DEMO_CHARS, generate_examples, solve
+from slm_toolkit.data.demo import DEMO_CHARS, format_example, generate_examples, solve
 
 LINE = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+)$")
 
@@ -104,3 +104,11 @@ def test_bad_arguments_and_config_values():
         DataConfig(source="builtin:other")
     cfg = DataConfig(task={"steps": 6, "ops": "+-*"})
     assert cfg.task.steps == 6 and cfg.source == "builtin:arith-cot"
+
+
+def test_format_example_writes_the_task_text():
+    ex = format_example(7, [("+", 3), ("-", 5), ("+", 8), ("-", 2)], verify=1)
+    assert ex.prompt == "7+3-5+8-2="
+    assert ex.cot == "7+3=10;10-5=5;5+8=13;13-2=11;check:11+2=13;13-8=5;5+5=10;10-3=7"
+    assert ex.answer == "11"
+    assert format_example(2, [("*", 3)], verify=2).cot == "2*3=6;check:6/3=2;check:2*3=6"

@@ -63,7 +63,9 @@ def test_fewer_examples_than_asked_warns_and_one_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", fields_rows(10))
     with pytest.warns(UserWarning, match="has 10 examples"):
         bundle = load_data(str(path), "auto", 100, 8, 0, None)
-    assert (len(bundle.train), len(bundle.eval)) == (5, 5)
+    assert (len(bundle.train), len(bundle.eval)) == (2, 8)
+    with pytest.warns(UserWarning):
+        assert len(load_data(str(path), "auto", 1, 500, 0, None).eval) == 9  # eval-only use keeps all but one
     with pytest.raises(ValueError, match="need at least 2"):
         load_data(str(write_jsonl(tmp_path / "one.jsonl", fields_rows(1))), "auto", 1, 1, 0, None)
 
