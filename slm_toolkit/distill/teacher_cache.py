@@ -1,0 +1,168 @@
+"""Offline teacher: top-k log-probabilities and token ids for every position, written once.
+
+Layout: `paths.cache_dir()/teacher_cache/<key>/` with `<key>` = hash(teacher folder, top_k, shared
+vocab); inside, `meta.json` (teacher hash, tokenizer hash, top_k, vocab, shards) and shards
+`shard-NNNNN.safetensors` holding `logprobs` [T, k] (float32, at temperature 1), `indices`
+[T, k] (int32) and `offsets` [m + 1] for the m sequences the shard lists by content key.
+
+The cache grows: a later run or a later distill stage (healing) with the same teacher reads the
+sequences already there and only computes the missing ones, in new shards. Every shard and the
+meta file are written through a temporary file renamed into place, so a crash leaves either the
+old cache or the new one. A teacher or tokenizer whose content hash differs from the one the
+cache was written with is refused with a clear error (never silently mixed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from slm_toolkit import paths
+from slm_toolkit.distill.losses import TopKTargets
+
+META = "meta.json"
+
+
+class TeacherCacheMismatch(RuntimeError):
+    """The cache was written by another teacher or tokenizer."""
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """Content hash of a tokenizer: its full serialized vocabulary/merges and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    text += json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_folder(teacher_path: Path | str, top_k: int, vocab: int) -> Path:
+    ident = f"{Path(teacher_path).resolve()}|k={top_k}|v={vocab}"
+    return paths.cache_dir() / "teacher_cache" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+class TeacherCache:
+    """Read side: targets for the supervised positions of a micro-batch."""
+
+    def __init__(self, folder: Path, meta: dict):
+        self.folder, self.meta = folder, meta
+        self._where = {key: (i, j) for i, sh in enumerate(meta["shards"]) for j, key in enumerate(sh["keys"])}
+        self._loaded: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def sequence(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logprobs [n-1, k], indices [n-1, k]) for every position of sequence `key`."""
+        if key not in self._where:
+            raise KeyError(f"sequence {key} is not in the teacher cache {self.folder}")
+        shard, j = self._where[key]
+        if shard not in self._loaded:
+            self._loaded[shard] = load_file(self.folder / self.meta["shards"][shard]["file"])
+        t = self._loaded[shard]
+        lo, hi = int(t["offsets"][j]), int(t["offsets"][j + 1])
+        return t["logprobs"][lo:hi], t["indices"][lo:hi]
+
+    def targets(self, cache_keys: Sequence[str], rows: torch.Tensor, cols: torch.Tensor) -> TopKTargets:
+        lps, idxs = [], []
+        for r, key in enumerate(cache_keys):
+            sel = cols[rows == r]
+            if len(sel):
+                lp, ix = self.sequence(key)
+                lps.append(lp[sel])
+                idxs.append(ix[sel])
+        k = self.meta["top_k"]
+        if not lps:
+            return TopKTargets(torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long))
+        return TopKTargets(torch.cat(lps).float(), torch.cat(idxs).long())
+
+
+def open_cache(folder: Path, teacher_hash: str, tok_hash: str, top_k: int, vocab: int) -> TeacherCache:
+    """The cache in `folder` (empty if new), after checking it was written by this teacher."""
+    meta_path = folder / META
+    if not meta_path.exists():
+        meta = {"teacher_hash": teacher_hash, "tokenizer_hash": tok_hash, "top_k": top_k, "vocab": vocab,
+                "distribution": "top-k log-probs at T=1 (KD uses the tail-bucketed k+1 distribution)",
+                "shards": []}
+        return TeacherCache(folder, meta)
+    meta = json.loads(meta_path.read_text())
+    for what, stored, now in (("teacher", meta["teacher_hash"], teacher_hash),
+                              ("tokenizer", meta["tokenizer_hash"], tok_hash)):
+        if stored != now:
+            raise TeacherCacheMismatch(
+                f"the teacher cache {folder} was written with a different {what} (hash {stored}, now {now}): "
+                f"the {what} changed since. Delete that folder to rebuild the cache for the new {what}."
+            )
+    return TeacherCache(folder, meta)
+
+
+@torch.no_grad()
+def fill_cache(
+    cache: TeacherCache,
+    teacher,
+    sequences: Mapping[str, list[int]],
+    *,
+    vocab: int,
+    pad_id: int,
+    device: str = "cpu",
+    batch_size: int = 16,
+    shard_sequences: int = 4096,
+    progress: bool = True,
+) -> int:
+    """Compute and append the sequences not cached yet; returns the teacher tokens forwarded."""
+    missing = sorted((k for k in sequences if k not in cache), key=lambda k: len(sequences[k]))
+    if not missing:
+        return 0
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    forwarded = 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(missing), desc="teacher cache", disable=not progress, leave=False)
+    for lo in range(0, len(missing), shard_sequences):
+        keys = missing[lo : lo + shard_sequences]
+        lps, idxs, offsets = [], [], [0]
+        for b in range(0, len(keys), batch_size):
+            batch = [sequences[k] for k in keys[b : b + batch_size]]
+            for lp, ix in _topk_batch(teacher, batch, cache.meta["top_k"], vocab, pad_id, device):
+                lps.append(lp)
+                idxs.append(ix)
+                offsets.append(offsets[-1] + lp.shape[0])
+            forwarded += len(batch) * max(len(s) for s in batch)
+            bar.update(len(batch))
+        _write_shard(cache, keys, torch.cat(lps), torch.cat(idxs), torch.tensor(offsets))
+    bar.close()
+    return forwarded
+
+
+def _topk_batch(teacher, batch: list[list[int]], k: int, vocab: int, pad_id: int, device: str):
+    width = max(len(s) for s in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, s in enumerate(batch):
+        ids[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+    base = getattr(teacher, teacher.base_model_prefix)
+    hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    head = teacher.get_output_embeddings()
+    for r, s in enumerate(batch):  # one row of full-vocab logits at a time
+        logp = torch.log_softmax(head(hidden[r, : len(s) - 1]).float()[..., :vocab], -1)
+        top, idx = logp.topk(min(k, vocab), -1)
+        yield top.cpu(), idx.to(torch.int32).cpu()
+
+
+def _write_shard(cache: TeacherCache, keys: list[str], lps, idxs, offsets) -> None:
+    n = len(cache.meta["shards"])
+    name = f"shard-{n:05d}.safetensors"
+    tmp = cache.folder / f".{name}.{os.getpid()}.tmp"
+    save_file({"logprobs": lps.contiguous(), "indices": idxs.contiguous(), "offsets": offsets}, str(tmp))
+    os.replace(tmp, cache.folder / name)
+    meta = dict(cache.meta, shards=cache.meta["shards"] + [{"file": name, "keys": keys}])
+    tmp_meta = cache.folder / f".{META}.{os.getpid()}.tmp"
+    tmp_meta.write_text(json.dumps(meta))
+    os.replace(tmp_meta, cache.folder / META)
+    cache.__init__(cache.folder, meta)
