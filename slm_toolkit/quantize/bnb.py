@@ -80,6 +80,23 @@ def quantize_bnb(src: Path, dst: Path, scheme: str, device: str = "cpu") -> None
     model.save_pretrained(str(dst), safe_serialization=True)  # first, before any forward pass
 
 
+def is_bnb_folder(folder: Path) -> bool:
+    import json
+
+    cfg = Path(folder) / "config.json"
+    qc = (json.loads(cfg.read_text()).get("quantization_config") or {}) if cfg.is_file() else {}
+    return qc.get("quant_method") == "bitsandbytes"
+
+
+def load_bnb_model(folder: Path, device: str = "cpu") -> Any:
+    """Reload a saved bitsandbytes folder on `device` (bnb models are placed by device_map, never `.to`)."""
+    from transformers import AutoModelForCausalLM
+
+    _require_bitsandbytes()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), device_map=device, use_safetensors=True)
+    return model.eval()
+
+
 def _cpu_packs_nf4() -> bool:
     """bitsandbytes repacks NF4 weights for its AVX512-BF16 kernel at inference (the shape limits)."""
     from bitsandbytes.functional import has_avx512bf16

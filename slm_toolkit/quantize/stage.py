@@ -112,14 +112,19 @@ def _calibration_prompts(tokenizer: Any, inp: StageInput, samples: int) -> list[
 
 
 def open_generator(folder: Path, scheme: str | None, device: str) -> Any:
-    """A Generator over the artifact, reloaded from disk (torchao folders need our loader)."""
-    from slm_toolkit.quantize.torchao_backend import is_torchao_folder
+    """A Generator over the artifact, reloaded from disk.
 
-    if is_torchao_folder(folder):
-        from slm_toolkit.quantize.torchao_backend import load_torchao_model
+    torchao folders need our loader (see torchao_backend); bitsandbytes models are placed with
+    `device_map` and refuse `.to(device)`; everything else goes through the runtime's loader.
+    """
+    from slm_toolkit.quantize.bnb import is_bnb_folder, load_bnb_model
+    from slm_toolkit.quantize.torchao_backend import is_torchao_folder, load_torchao_model
+
+    if is_torchao_folder(folder) or is_bnb_folder(folder):
         from slm_toolkit.runtime.torch import TorchGenerator
 
-        return TorchGenerator(load_torchao_model(folder, device=device))
+        load = load_torchao_model if is_torchao_folder(folder) else load_bnb_model
+        return TorchGenerator(load(folder, device=device))
     from slm_toolkit.runtime.loader import load_generator
 
     return load_generator(folder, device=device)
