@@ -38,9 +38,10 @@ class Service:
                  on_load_failure: Callable[[], None] | None = None):
         self.tokenizer, self.cfg, self.model_name = tokenizer, cfg, model_name
         self.metrics = ServerMetrics()
-        warm = tokenizer("Hello", add_special_tokens=True)["input_ids"] or [0]
+        first = next((i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+                      if i is not None), 0)
         self.engine = Engine(load, self.metrics, max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue,
-                             token_budget=cfg.token_budget, scheduler=cfg.scheduler, warmup_ids=warm,
+                             token_budget=cfg.token_budget, scheduler=cfg.scheduler, warmup_ids=[first] * 4,
                              on_load_failure=on_load_failure)
         self._hidden = {i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
                         if i is not None}

@@ -1,0 +1,425 @@
+"""`slm serve` end to end: real uvicorn servers on free loopback ports, a tiny Llama, the demo tokenizer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from slm_toolkit.data.segments import prompt_ids
+from slm_toolkit.data.tokenizer import build_demo_tokenizer
+from slm_toolkit.runtime.base import GenerationConfig
+from slm_toolkit.runtime.loader import load_generator
+
+MAX_LEN = 160
+PROMPTS = [f"{a}+{b}*{c}=" for a, b, c in zip(range(1, 33), range(7, 39), range(3, 35))]
+PROMPTS = [p * (1 + i % 3) for i, p in enumerate(PROMPTS)]  # ragged lengths
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_demo_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, initializer_range=0.2)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("served") / "tiny-llama"
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+class Wrapped:
+    """A Generator that delegates, with a per-step delay and a poisoned token that makes prefill fail."""
+
+    def __init__(self, inner, delay: float = 0.0, poison: int | None = None):
+        self.inner, self.delay, self.poison = inner, delay, poison
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def prefill(self, input_ids):
+        if self.poison is not None and any(self.poison in row for row in input_ids):
+            raise ValueError("poisoned prompt")
+        return self.inner.prefill(input_ids)
+
+    def decode_step(self, next_ids, state):
+        time.sleep(self.delay)
+        return self.inner.decode_step(next_ids, state)
+
+
+class Server:
+    def __init__(self, artifact: Path, headers: dict | None = None, delay: float = 0.0, **settings):
+        import uvicorn
+        from transformers import AutoTokenizer
+
+        from slm_toolkit.serving.app import create_app
+        from slm_toolkit.serving.config import ServeConfig
+
+        self.tok = AutoTokenizer.from_pretrained(artifact)
+        poison = self.tok.unk_token_id
+        self.app = create_app(lambda: Wrapped(load_generator(artifact), delay, poison), self.tok,
+                              ServeConfig(**settings), model_name="tiny")
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = httpx.Client(base_url=self.url, headers=headers or {}, timeout=30)
+        deadline = time.time() + 30
+        while self.client.get("/ready").status_code != 200:
+            assert time.time() < deadline, "server never became ready"
+            time.sleep(0.02)
+
+    def metrics(self) -> dict:
+        text = self.client.get("/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def metric(values: dict, name: str, **labels) -> float:
+    return values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture(scope="module")
+def main(artifact):
+    srv = Server(artifact, max_batch_size=8, max_queue=64, max_model_len=MAX_LEN, max_body_bytes=65536)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def small(artifact, monkeypatch_module):
+    monkeypatch_module.setenv("SLM_TEST_KEY", "s3cret")
+    srv = Server(artifact, headers={"Authorization": "Bearer s3cret"}, delay=0.01, max_batch_size=1,
+                 max_queue=2, request_timeout=1.5, api_key_env="SLM_TEST_KEY")
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def reference(artifact):
+    return load_generator(artifact)
+
+
+def complete(srv: Server, prompt, **kw) -> dict:
+    r = srv.client.post("/v1/completions", json={"prompt": prompt, "temperature": 0.0, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def sse(lines) -> list:
+    events = [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_probes_and_models(main):
+    assert main.client.get("/health").json() == {"status": "ok"}
+    assert main.client.get("/ready").status_code == 200
+    card = main.client.get("/v1/models").json()["data"][0]
+    assert card["id"] == "tiny" and card["max_model_len"] == MAX_LEN
+
+
+def test_completion_matches_runtime_generate(main, reference):
+    body = complete(main, "12+7=", max_tokens=9)
+    ids = main.tok("12+7=")["input_ids"]
+    want = reference.generate([ids], GenerationConfig(max_new_tokens=9))[0]
+    choice = body["choices"][0]
+    assert body["object"] == "text_completion"
+    assert choice["text"] == main.app.state.service.decode(want) and choice["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 9, "total_tokens": len(ids) + 9}
+
+
+def test_chat_uses_the_plain_template(main, reference):
+    r = main.client.post("/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": "3*4"}], "max_tokens": 6, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids = prompt_ids(main.tok, "3*4")
+    want = reference.generate([ids], GenerationConfig(max_new_tokens=6))[0]
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": main.app.state.service.decode(want)}
+    assert body["usage"]["prompt_tokens"] == len(ids)
+
+
+@pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
+def test_streaming_with_usage(main, route):
+    base = {"max_tokens": 7, "temperature": 0}
+    base |= {"prompt": "5-2="} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "5-2"}]}
+    whole = main.client.post(route, json=base).json()
+    with main.client.stream("POST", route, json=base | {"stream": True, "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        chunks = sse(list(r.iter_lines()))
+    last = chunks[-1]
+    assert last["choices"] == [] and last["usage"] == whole["usage"]
+    assert all(c["usage"] is None for c in chunks[:-1])
+    if route == "/v1/completions":
+        text = "".join(c["choices"][0]["text"] for c in chunks[:-1])
+        assert text == whole["choices"][0]["text"]
+    else:
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
+        assert text == whole["choices"][0]["message"]["content"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_stop_strings_min_tokens_ignore_eos(main):
+    full = complete(main, "9+9=", max_tokens=20, ignore_eos=True)["choices"][0]["text"]
+    stop = full[4:6]
+    cut = complete(main, "9+9=", max_tokens=20, stop=[stop, "@@"])
+    assert cut["choices"][0] == {"index": 0, "text": full[:full.find(stop)], "logprobs": None, "finish_reason": "stop"}
+    with main.client.stream("POST", "/v1/completions", json={"prompt": "9+9=", "max_tokens": 20, "temperature": 0,
+                                                            "stop": stop, "stream": True}) as r:
+        chunks = sse(list(r.iter_lines()))
+    assert "".join(c["choices"][0]["text"] for c in chunks) == full[:full.find(stop)]
+    fixed = complete(main, "9+9=", max_tokens=20, min_tokens=20, ignore_eos=True)
+    assert fixed["usage"]["completion_tokens"] == 20 and fixed["choices"][0]["finish_reason"] == "length"
+
+
+def test_seeded_sampling_is_reproducible(main):
+    a = complete(main, "1+1=", max_tokens=12, temperature=0.9, top_p=0.9, seed=7)["choices"][0]["text"]
+    b = complete(main, "1+1=", max_tokens=12, temperature=0.9, top_p=0.9, seed=7)["choices"][0]["text"]
+    assert a == b
+
+
+def test_score_matches_runtime(main, reference):
+    cands = ["3", "33", "3</think>3"]
+    r = main.client.post("/v1/score", json={"prompt": "1+2=", "candidates": cands})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    ids = main.tok("1+2=")["input_ids"]
+    want = reference.score(ids, [main.tok(c, add_special_tokens=False)["input_ids"] for c in cands])
+    assert [d["candidate"] for d in data] == cands
+    assert [d["logprob"] for d in data] == pytest.approx(want, abs=1e-4)
+    assert all(d["logprob"] < 0 for d in data)
+
+
+async def _fire(url: str, bodies: list[dict], headers=None) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60,
+                                 limits=httpx.Limits(max_connections=100)) as c:
+        return await asyncio.gather(*(c.post("/v1/completions", json=b) for b in bodies))
+
+
+def test_32_concurrent_identical_to_sequential(main):
+    bodies = [{"prompt": p, "max_tokens": 6 + i % 9, "temperature": 0, "ignore_eos": i % 2 == 0}
+              for i, p in enumerate(PROMPTS)]
+    sequential = [main.client.post("/v1/completions", json=b).json()["choices"][0]["text"] for b in bodies]
+    before = main.metrics()
+    responses = asyncio.run(_fire(main.url, bodies))
+    after = main.metrics()
+    assert [r.status_code for r in responses] == [200] * 32
+    assert [r.json()["choices"][0]["text"] for r in responses] == sequential
+    steps = metric(after, "batch_size_count") - metric(before, "batch_size_count")
+    seqs = metric(after, "batch_size_sum") - metric(before, "batch_size_sum")
+    assert seqs / steps > 2  # they really ran batched
+
+
+def test_naive_scheduler_gives_the_same_greedy_text(artifact, main):
+    naive = Server(artifact, scheduler="naive", max_model_len=MAX_LEN)
+    try:
+        for p in PROMPTS[:4]:
+            assert complete(naive, p, max_tokens=8)["choices"][0]["text"] == \
+                complete(main, p, max_tokens=8)["choices"][0]["text"]
+    finally:
+        naive.close()
+
+
+MALFORMED = [
+    ("/v1/completions", b'{"prompt": ', 400),
+    ("/v1/completions", b"[1, 2]", 400),
+    ("/v1/completions", b"prompt=hi", 400),
+    ("/v1/completions", {"max_tokens": 4}, 400),
+    ("/v1/completions", {"prompt": ""}, 400),
+    ("/v1/completions", {"prompt": 12}, 400),
+    ("/v1/completions", {"prompt": "a", "max_tokens": "10"}, 400),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 0}, 400),
+    ("/v1/completions", {"prompt": "a", "max_tokens": -3}, 400),
+    ("/v1/completions", {"prompt": "a", "temperature": -1}, 400),
+    ("/v1/completions", {"prompt": "a", "temperature": 3.5}, 400),
+    ("/v1/completions", {"prompt": "a", "top_p": 0}, 400),
+    ("/v1/completions", {"prompt": "a", "top_p": 1.5}, 400),
+    ("/v1/completions", {"prompt": "a", "n": 2}, 400),
+    ("/v1/completions", {"prompt": "a", "best_of_everything": True}, 400),
+    ("/v1/completions", {"prompt": "a", "stream": "yes"}, 400),
+    ("/v1/completions", {"prompt": "a", "stream_options": {"include_usage": True}}, 400),
+    ("/v1/completions", {"prompt": "a", "stop": [1, 2]}, 400),
+    ("/v1/completions", {"prompt": "a", "stop": ""}, 400),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 4, "min_tokens": 9}, 400),
+    ("/v1/completions", {"prompt": "a", "seed": -1}, 400),
+    ("/v1/completions", {"prompt": "a", "ignore_eos": "true"}, 400),
+    ("/v1/completions", {"prompt": "a", "max_tokens": MAX_LEN}, 400),
+    ("/v1/completions", {"prompt": [1, 99999]}, 400),
+    ("/v1/completions", {"prompt": "a", "model": "gpt-4"}, 404),
+    ("/v1/chat/completions", {"messages": []}, 400),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, 400),
+    ("/v1/score", {"prompt": "a", "candidates": []}, 400),
+    ("/v1/score", {"prompt": "a", "candidates": "b"}, 400),
+    ("/v1/completions", b'{"prompt": "' + b"x" * 70000 + b'"}', 413),
+    ("/v1/nothing-here", {"prompt": "a"}, 404),
+]
+
+
+def test_malformed_requests_are_4xx_and_the_server_survives(main):
+    assert len(MALFORMED) >= 20
+    before = main.metrics()
+    for route, body, status in MALFORMED:
+        kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+        r = main.client.post(route, **kw)
+        assert r.status_code == status, (body, r.text)
+        err = r.json()["error"]
+        assert err["message"] and err["type"] and set(err) == {"message", "type", "param", "code"}, err
+    assert main.client.get("/v1/completions").status_code == 405
+    after = main.metrics()
+    assert metric(after, "requests_rejected_total", reason="too_long") - metric(before, "requests_rejected_total", reason="too_long") == 1
+    assert metric(after, "requests_rejected_total", reason="body_too_large") - metric(before, "requests_rejected_total", reason="body_too_large") == 1
+    assert main.client.get("/health").status_code == 200
+    assert complete(main, "1+1=", max_tokens=3)["usage"]["completion_tokens"] == 3
+
+
+def test_error_in_one_request_fails_only_that_request(main):
+    unk = main.tok.unk_token_id
+    bodies = [{"prompt": p, "max_tokens": 5, "temperature": 0} for p in PROMPTS[:5]]
+    bodies.insert(2, {"prompt": [main.tok.bos_token_id, unk, unk], "max_tokens": 5})
+    responses = asyncio.run(_fire(main.url, bodies))
+    assert [r.status_code for r in responses] == [200, 200, 500, 200, 200, 200]
+    assert responses[2].json()["error"]["type"] == "server_error"
+    assert main.client.get("/health").status_code == 200
+
+
+def test_metrics_count_what_happened(main):
+    before = main.metrics()
+    bodies = [complete(main, p, max_tokens=4 + i) for i, p in enumerate(PROMPTS[:3])]
+    main.client.post("/v1/completions", json={"prompt": "a", "top_p": 9})
+    after = main.metrics()
+    delta = lambda name, **lb: metric(after, name, **lb) - metric(before, name, **lb)  # noqa: E731
+    assert delta("generation_tokens_total") == sum(b["usage"]["completion_tokens"] for b in bodies) == 15
+    assert delta("prompt_tokens_total") == sum(b["usage"]["prompt_tokens"] for b in bodies)
+    for hist in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds"):
+        assert delta(f"{hist}_count") == 3, hist
+    assert delta("inter_token_latency_seconds_count") == 15 - 3
+    assert delta("requests_finished_total", reason="length") == 3
+    assert delta("requests_rejected_total", reason="invalid") == 1
+    assert metric(after, "num_requests_running") == 0 and metric(after, "num_requests_waiting") == 0
+
+
+def test_api_key(small):
+    with httpx.Client(base_url=small.url, timeout=10) as anon:
+        assert anon.post("/v1/completions", json={"prompt": "1", "max_tokens": 2}).status_code == 401
+        bad = anon.post("/v1/completions", json={"prompt": "1"}, headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401 and bad.json()["error"]["type"] == "authentication_error"
+        assert anon.get("/v1/models").status_code == 401
+        assert anon.get("/health").status_code == 200 and anon.get("/ready").status_code == 200
+    assert complete(small, "1+", max_tokens=2)["usage"]["completion_tokens"] == 2
+
+
+def test_flood_gets_429_with_retry_after(small):
+    before = small.metrics()
+    bodies = [{"prompt": "2*3=", "max_tokens": 5, "temperature": 0} for _ in range(16)]
+    responses = asyncio.run(_fire(small.url, bodies, headers=small.client.headers))
+    codes = [r.status_code for r in responses]
+    assert set(codes) == {200, 429} and codes.count(200) >= 3
+    texts = {r.json()["choices"][0]["text"] for r in responses if r.status_code == 200}
+    assert len(texts) == 1
+    assert all(r.headers["retry-after"] == "1" for r in responses if r.status_code == 429)
+    after = small.metrics()
+    rejected = metric(after, "requests_rejected_total", reason="queue_full") - \
+        metric(before, "requests_rejected_total", reason="queue_full")
+    assert rejected == codes.count(429)
+
+
+def test_disconnect_frees_the_slot(small):
+    before = small.metrics()
+    body = {"prompt": "1+1=", "max_tokens": 120, "ignore_eos": True, "stream": True}
+    with small.client.stream("POST", "/v1/completions", json=body) as r:  # batch size 1: holds the only slot
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+    # the stream is closed: the next request can only run once the engine dropped the first one
+    assert complete(small, "1+1=", max_tokens=3)["choices"][0]["finish_reason"] == "length"
+    after = small.metrics()
+    assert metric(after, "requests_finished_total", reason="cancelled") - \
+        metric(before, "requests_finished_total", reason="cancelled") == 1
+    assert metric(after, "generation_tokens_total") - metric(before, "generation_tokens_total") < 60
+    with pytest.raises(httpx.ReadTimeout):  # a non-streaming client that gives up
+        small.client.post("/v1/completions", json=body | {"stream": False}, timeout=0.2)
+    assert complete(small, "1+1=", max_tokens=3)["choices"][0]["finish_reason"] == "length"
+    assert metric(small.metrics(), "requests_finished_total", reason="cancelled") - \
+        metric(before, "requests_finished_total", reason="cancelled") == 2
+
+
+def test_request_timeout_cancels(small):
+    r = small.client.post("/v1/completions", json={"prompt": "1", "max_tokens": 200, "ignore_eos": True})
+    assert r.status_code == 408 and "timed out" in r.json()["error"]["message"]
+    assert metric(small.metrics(), "requests_finished_total", reason="timeout") == 1
+    assert complete(small, "1+", max_tokens=2)["usage"]["completion_tokens"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serves_and_drains_on_sigterm(artifact, tmp_path):
+    port, log = _free_port(), tmp_path / "server.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "slm_toolkit.serving.cli", str(artifact), "--port", str(port),
+                             "--max-batch-size", "4"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            deadline = time.time() + 60
+            while True:
+                assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+                try:
+                    if c.get("/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            body = {"prompt": "1+2=", "max_tokens": 230, "ignore_eos": True, "temperature": 0, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            with c.stream("POST", "/v1/completions", json=body) as r:
+                lines = r.iter_lines()
+                first = next(lines)
+                proc.send_signal(signal.SIGTERM)  # in flight: must finish before the server exits
+                chunks = sse([first, *lines])
+        assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+        assert chunks[-1]["usage"]["completion_tokens"] == 230
+        # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says how it ended
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Finished server process" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
