@@ -219,6 +219,11 @@ def _encode_one(tokenizer, content: str | list[int] | None) -> list[int]:
 def _encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        # Same ids as tokenizer(texts, add_special_tokens=False), without the wrapper's per-text
+        # Python overhead (about a quarter of the time on 20k short examples).
+        return [enc.ids for enc in backend.encode_batch(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from slm_toolkit.data.demo import DEMO_CHARS
@@ -28,9 +28,9 @@ def build_demo_tokenizer(chars: str = DEMO_CHARS) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for ch in chars:
         vocab.setdefault(ch, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    # Every character is its own pre-token ("[\s\S]" also matches newlines); Fuse joins them back.
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    # A BPE model without merges splits text into single characters (unknown ones become <unk>);
+    # it encodes about twice as fast as WordLevel over a per-character Split pre-tokenizer.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
     tok.decoder = decoders.Fuse()
     return _wrap(tok)
 

@@ -77,6 +77,8 @@ def test_all_of_gsm8k_test_exact_with_byte_level_bpe(bpe):
     assert len(examples) == 1319
     tokenized = tokenize_examples(bpe, examples)
     assert_segments_exact(bpe, examples, tokenized)
+    cot_ids = [[i for i, s in zip(t.ids, t.segments) if s == COT] for t in tokenized]
+    assert cot_ids == bpe([ex.cot for ex in examples], add_special_tokens=False)["input_ids"]  # fast path == wrapper
     counts = segment_counts([s for t in tokenized for s in t.segments])
     assert counts["cot"] > 10 * counts["answer"] > 0
 
