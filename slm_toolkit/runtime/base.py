@@ -21,7 +21,12 @@ class GenerationConfig:
 
 
 class Generator(Protocol):
-    """A loaded model that can prefill, decode with a KV cache, generate and score."""
+    """A loaded model that can prefill, decode with a KV cache, generate and score.
+
+    Logits are float32 numpy arrays on every backend. A state passed to decode_step, merge or
+    select is consumed: use the returned one afterwards (backends may update caches in place).
+    Prompts of a batch may differ in length (left padding happens inside the backend).
+    """
 
     backend: str
     eos_token_id: int | None

@@ -21,20 +21,13 @@ class BackendUnavailable(Exception):
 
 
 def detect_kind(folder: Path) -> str:
-    """The artifact kind from the files in the folder: "tensorrt", "onnx" or "hf"."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"artifact folder not found: {folder}")
-    if any(folder.glob("*.engine")) or any(folder.glob("*.plan")):
-        return "tensorrt"
-    if any(folder.glob("*.onnx")):
-        return "onnx"
-    if (folder / "config.json").exists() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
-        return "hf"
-    raise BackendUnavailable(
-        f"{folder} is not a model artifact: expected a Hugging Face folder (config.json + *.safetensors), "
-        "an ONNX folder (model.onnx) or a TensorRT folder (*.engine)"
-    )
+    """The artifact kind ("hf", "onnx" or "tensorrt"): slm_meta.json, else the files (artifacts.py)."""
+    from slm_toolkit.artifacts import artifact_kind
+
+    try:
+        return artifact_kind(folder)
+    except ValueError as exc:
+        raise BackendUnavailable(str(exc)) from exc
 
 
 def _check_backend(kind: str, backend: str, folder: Path) -> None:

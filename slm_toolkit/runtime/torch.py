@@ -80,6 +80,9 @@ class TorchGenerator:
                     trust_remote_code: bool = False) -> "TorchGenerator":
         from transformers import AutoModelForCausalLM
 
+        from slm_toolkit.models.load import check_safetensors
+
+        check_safetensors(Path(folder))
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype or "auto", use_safetensors=True, trust_remote_code=trust_remote_code
         )
