@@ -9,7 +9,9 @@ The layout of a sequence:
 - with a chat template (`tokenizer.chat_template` set): the messages
   [user: prompt, assistant: "<think>" + cot + "</think>" + answer] rendered with sentinel
   strings in place of prompt/cot/answer, split at the sentinels; the text between is TEMPLATE.
-  The sequence ends at the first EOS the template writes (or an EOS is appended).
+  The sequence ends at the first EOS the template writes (or an EOS is appended). Templates
+  that drop the reasoning of assistant turns (DeepSeek-R1 style) fall back to the user turn
+  with the generation prompt, then `<think>` CoT `</think>` A `<eos>`.
 - without: `<bos>` P `<think>` CoT `</think>` A `<eos>`. `<bos>` is left out if the tokenizer
   has none; `<think>`/`</think>` are one token each where the vocabulary has them, else the
   literal strings are tokenized (as TEMPLATE).
@@ -176,24 +178,41 @@ def _marker(tokenizer, text: str) -> str | list[int]:
 
 
 def _chat_layout(tokenizer) -> list[Piece]:
-    messages = [
-        {"role": "user", "content": _SENTINELS[PROMPT]},
-        {"role": "assistant", "content": THINK_OPEN + _SENTINELS[COT] + THINK_CLOSE + _SENTINELS[ANSWER]},
-    ]
+    assistant = THINK_OPEN + _SENTINELS[COT] + THINK_CLOSE + _SENTINELS[ANSWER]
+    messages = [{"role": "user", "content": _SENTINELS[PROMPT]}, {"role": "assistant", "content": assistant}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
-    layout: list[Piece] = []
-    rest = rendered
-    for seg in (PROMPT, COT, ANSWER):
-        sentinel = _SENTINELS[seg]
-        if rendered.count(sentinel) != 1:
-            raise ValueError(
-                f"the tokenizer's chat template does not render the {SEGMENT_NAMES[seg]} exactly once; "
-                "cannot locate segments (use a tokenizer without a chat template, or fix the template)"
-            )
-        before, _, rest = rest.partition(sentinel)
-        layout += [(TEMPLATE, before), (seg, None)]
-    layout.append((TEMPLATE, _end_with_eos(tokenizer, rest)))
-    return layout
+    if all(rendered.count(_SENTINELS[seg]) == 1 for seg in (PROMPT, COT, ANSWER)):
+        layout: list[Piece] = []
+        rest = rendered
+        for seg in (PROMPT, COT, ANSWER):
+            before, _, rest = rest.partition(_SENTINELS[seg])
+            layout += [(TEMPLATE, before), (seg, None)]
+        return layout + [(TEMPLATE, _end_with_eos(tokenizer, rest))]
+    return _chat_generation_layout(tokenizer)
+
+
+def _chat_generation_layout(tokenizer) -> list[Piece]:
+    """For templates that drop or rewrite the reasoning of assistant turns (DeepSeek-R1 style):
+    the user turn with the generation prompt, then `<think>` CoT `</think>` A `<eos>` as the
+    model writes them."""
+    messages = [{"role": "user", "content": _SENTINELS[PROMPT]}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if rendered.count(_SENTINELS[PROMPT]) != 1:
+        raise ValueError(
+            "the tokenizer's chat template does not render the prompt exactly once; cannot locate "
+            "segments (use a tokenizer without a chat template, or fix the template)"
+        )
+    before, _, after = rendered.partition(_SENTINELS[PROMPT])
+    opener = after if after.rstrip().endswith(THINK_OPEN) else after + THINK_OPEN
+    return [
+        (TEMPLATE, before),
+        (PROMPT, None),
+        (TEMPLATE, opener),
+        (COT, None),
+        (TEMPLATE, THINK_CLOSE),
+        (ANSWER, None),
+        (TEMPLATE, _end_with_eos(tokenizer, "")),
+    ]
 
 
 def _end_with_eos(tokenizer, tail: str) -> str | list[int]:

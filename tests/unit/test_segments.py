@@ -100,11 +100,20 @@ def test_chat_template_path(bpe):
     assert_segments_exact(tok, examples, tokenize_examples(tok, examples))
 
 
-def test_chat_template_that_loses_a_segment_is_an_error():
+def test_chat_template_that_drops_reasoning_falls_back_to_the_generation_prompt():
     tok = build_demo_tokenizer()
-    tok.chat_template = "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
-    with pytest.raises(ValueError, match="cot exactly once"):
-        tokenize_example(tok, Example("1+1=", "1+1=2", "2"))
+    tok.chat_template = (  # R1 style: the assistant's reasoning is cut from rendered turns
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}={% else %}"
+        "{{ m['content'].split('</think>')[-1] }}{{ eos_token }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<think>{% endif %}"
+    )
+    ex = Example("1+1", "1+1=2", "2")
+    t = tokenize_example(tok, ex)
+    assert tok.decode(t.ids) == "<bos>1+1=<think>1+1=2</think>2<eos>"
+    assert_segments_exact(tok, [ex], [t])
+    tok.chat_template = "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    with pytest.raises(ValueError, match="prompt exactly once"):
+        tokenize_example(tok, ex)
 
 
 def test_tokenizer_without_think_tokens_writes_them_as_template_text():
