@@ -79,6 +79,8 @@ def run(
         raise _recipe_error(exc) from None
     except StageFailed as exc:
         raise _fail(str(exc), 1, f"traceback: {exc.log}" if exc.log else None) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", 130, "run the same command again to resume") from None
     except Exception as exc:  # model/data resolution and other run-level failures
         if os.environ.get("SLM_DEBUG"):
             raise
@@ -173,9 +175,11 @@ def report(run_dir: Annotated[Path, typer.Argument(help="run folder", show_defau
     out.print(f"report: {escape(str(path))}", soft_wrap=True)
 
 
-# Later commands register here, one line each (their modules must import without torch/fastapi):
-# from slm_toolkit.serving.cli import serve; app.command()(serve)
-# from slm_toolkit.bench.cli import bench_app; app.add_typer(bench_app, name="bench")
+# Commands from other packages, one line each (their modules import without torch/fastapi):
+from slm_toolkit.serving.cli import serve  # noqa: E402
+
+app.command()(serve)
+# bench: from slm_toolkit.bench.cli import bench_app; app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:  # pragma: no cover - `python -m slm_toolkit.cli`

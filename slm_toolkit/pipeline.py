@@ -34,7 +34,9 @@ from typing import Any
 
 from rich.console import Console
 
-from slm_toolkit.artifacts import hash_folder, replace_dir, write_json_atomic, write_text_atomic
+from slm_toolkit.artifacts import (
+    hash_folder, read_meta, replace_dir, write_json_atomic, write_meta, write_text_atomic,
+)
 from slm_toolkit.errors import RecipeError, StageFailed
 from slm_toolkit.recipe import Recipe, StageEntry, dump_resolved
 
@@ -351,7 +353,9 @@ def _complete(state: _Run, record: dict[str, Any], out: Any, workdir: Path, fina
     if artifact is not None:
         artifact = Path(artifact)
         with contextlib.suppress(ValueError):  # inside the workdir: it moves with the rename
-            artifact = final / artifact.resolve().relative_to(workdir.resolve())
+            inner = artifact.resolve().relative_to(workdir.resolve())
+            _complete_meta(workdir / inner, record, metrics, state.rel(_input_of(state, record)))
+            artifact = final / inner
     replace_dir(workdir, final)
     record.update(
         status="completed", finished_at=_now(), metrics=metrics, timings=timings,
@@ -359,6 +363,23 @@ def _complete(state: _Run, record: dict[str, Any], out: Any, workdir: Path, fina
         extra={"plots": list(extra.get("plots", []))} if extra.get("plots") else {},
     )
     state.save()
+
+
+def _input_of(state: _Run, record: dict[str, Any]) -> Path | None:
+    """The artifact the stage of `record` received (the previous stage's, or the model)."""
+    i = record["index"]
+    if i == 1:
+        return Path(state.manifest["model_path"])
+    return state.abs(state.manifest["stages"][i - 2].get("artifact"))
+
+
+def _complete_meta(folder: Path, record: dict[str, Any], metrics: dict[str, Any], parent: str | None) -> None:
+    """Make sure a new artifact's slm_meta.json carries its lineage (stages may write more)."""
+    meta = read_meta(folder)
+    filled = {"kind": record["output_kind"], "stage": record["folder"], "parent": parent, "metrics": metrics}
+    if all(k in meta for k in filled):
+        return
+    write_meta(folder, **{**filled, **meta})
 
 
 def _brief(metrics: dict[str, Any]) -> str:

@@ -81,6 +81,12 @@ def test_manifest_report_and_folders(project):
     assert m["stages"][1]["input_artifact_hash"] == m["stages"][0]["artifact_hash"]
     assert m["stages"][2]["input_artifact_hash"] == m["stages"][0]["artifact_hash"]
     assert (run_dir / "03-fake" / "weights.txt").read_text() == "1\n3\n"
+    from slm_toolkit.artifacts import read_meta
+
+    meta = read_meta(run_dir / "03-fake")  # the pipeline fills in the lineage the stage left out
+    assert meta["kind"] == "hf" and meta["stage"] == "03-fake" and meta["parent"] == "01-fake"
+    assert meta["metrics"]["accuracy"] == pytest.approx(0.53)
+    assert read_meta(run_dir / "01-fake")["parent"] == str((project / "model").resolve())
     assert os.readlink(run_dir / "final") == "03-fake"
     assert "model: ./model" in (run_dir / "recipe.resolved.yaml").read_text()
     assert "train: 4" in (run_dir / "recipe.resolved.yaml").read_text()

@@ -38,3 +38,20 @@ def test_the_quickstart_recipe_ships():
 def test_shipped_recipe_validates(path):
     recipe = load_recipe(path)
     assert recipe.stages
+
+
+def test_cli_help_does_not_import_heavy_libraries():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from slm_toolkit.cli import app\n"
+        "assert CliRunner().invoke(app, ['--help']).exit_code == 0\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'fastapi', 'onnxruntime') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"`slm --help` imports {out.stdout.strip()}"
