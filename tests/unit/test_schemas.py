@@ -1,0 +1,121 @@
+"""Request validation (strict, clear messages), stop-string detokenization and server settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from slm_toolkit.serving.config import ServeConfig, load_serve_config
+from slm_toolkit.serving.schemas import (ChatCompletionRequest, CompletionRequest, RequestError, ScoreRequest,
+                                         parse_request)
+from slm_toolkit.serving.text import TextAssembler
+
+
+def parse(model, body) -> object:
+    return parse_request(model, body if isinstance(body, bytes) else json.dumps(body).encode())
+
+
+def test_valid_requests_and_defaults():
+    r = parse(CompletionRequest, {"prompt": "hi", "stop": "\n", "stream": True, "stream_options": {"include_usage": True}})
+    assert r.max_tokens == 16 and r.temperature == 1.0 and r.stop_list() == ["\n"] and r.include_usage()
+    c = parse(ChatCompletionRequest, {"messages": [{"role": "user", "content": "x"}], "temperature": 0})
+    assert c.max_tokens is None and c.temperature == 0.0 and not c.include_usage()
+    assert parse(CompletionRequest, {"prompt": [1, 2, 3]}).prompt == [1, 2, 3]
+    assert parse(ScoreRequest, {"prompt": "a", "candidates": ["b", "c"]}).candidates == ["b", "c"]
+
+
+@pytest.mark.parametrize("body, param, words", [
+    (b"{", None, "not valid JSON"),
+    (b"[]", None, "JSON object"),
+    ({"prompt": "a", "max_tokens": "3"}, "max_tokens", "valid integer"),
+    ({"prompt": "a", "temperature": 2.5}, "temperature", "less than or equal to 2"),
+    ({"prompt": "a", "top_p": 0}, "top_p", "greater than 0"),
+    ({"prompt": "a", "nonsense": 1}, "nonsense", "Extra inputs"),
+    ({"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream"),
+    ({"prompt": "a", "max_tokens": 2, "min_tokens": 3}, "min_tokens", "<= max_tokens"),
+    ({"prompt": ""}, "prompt", "must not be empty"),
+    ({"prompt": "a", "stop": ["x"] * 17}, "stop", "at most 16"),
+])
+def test_bad_requests_name_the_field(body, param, words):
+    with pytest.raises(RequestError) as info:
+        parse(CompletionRequest, body)
+    err = info.value
+    assert err.status == 400 and err.param == param and words in err.message, err.message
+
+
+def test_bad_chat_and_score_requests():
+    with pytest.raises(RequestError, match="messages"):
+        parse(ChatCompletionRequest, {"messages": []})
+    with pytest.raises(RequestError, match="role"):
+        parse(ChatCompletionRequest, {"messages": [{"role": "bot", "content": "x"}]})
+    with pytest.raises(RequestError, match="candidates"):
+        parse(ScoreRequest, {"prompt": "a", "candidates": ["ok", ""]})
+
+
+def decode_chars(ids):
+    return "".join(chr(i) for i in ids)
+
+
+def feed(asm: TextAssembler, text: str) -> list[str]:
+    out = []
+    for ch in text:
+        out.append(asm.add(ord(ch)))
+        if asm.stopped:
+            break
+    return out
+
+
+def test_stop_string_is_held_back_and_cut():
+    asm = TextAssembler(decode_chars, ["STOP"])
+    deltas = feed(asm, "abSTxSTOPzz")
+    assert asm.stopped and "".join(deltas) == "abSTx"
+    assert deltas[2:4] == ["", ""]  # "S", "ST" might begin the stop string: held back
+    assert asm.flush() == ""
+
+
+def test_no_stop_flushes_everything_and_min_tokens_delays_stops():
+    asm = TextAssembler(decode_chars, ["ab"])
+    assert "".join(feed(asm, "xya")) + asm.flush() == "xya"
+    early = TextAssembler(decode_chars, ["a"], min_tokens=3)
+    assert "".join(feed(early, "aaxa")) == "aax" and early.stopped
+
+
+def test_incomplete_utf8_is_held_back():
+    pieces = {1: b"h", 2: b"\xc3", 3: b"\xa9"}
+
+    def decode(ids):
+        return b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+    asm = TextAssembler(decode, [])
+    assert [asm.add(1), asm.add(2), asm.add(3)] == ["h", "", "é"]
+
+
+def test_serve_config_yaml_and_overrides(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text("max_batch_size: 4\nscheduler: naive\nport: 9000\n")
+    cfg = load_serve_config(path, port=8123, host=None)
+    assert (cfg.max_batch_size, cfg.scheduler, cfg.port, cfg.host) == (4, "naive", 8123, "127.0.0.1")
+    with pytest.raises(ValidationError, match="scheduler"):
+        ServeConfig(scheduler="fast")
+    with pytest.raises(ValidationError, match="max_batch_sise"):
+        load_serve_config(None, max_batch_sise=3)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def test_shipped_server_config_and_k8s_manifest():
+    import yaml
+
+    assert load_serve_config(REPO / "serving" / "server.yaml") == ServeConfig()  # the example shows the defaults
+    docs = {d["kind"]: d for d in yaml.safe_load_all((REPO / "serving" / "k8s.yaml").read_text())}
+    assert set(docs) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert pod["terminationGracePeriodSeconds"] > ServeConfig().graceful_shutdown_s
+    assert docs["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
+    assert docs["Service"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
