@@ -13,6 +13,8 @@ from slm_toolkit.stage import DataBundle, StageInput
 
 
 def tiny_model(folder: Path, hidden: int, layers: int, seed: int, extra_rows: int = 0, tokenizer=None) -> Path:
+    if (folder / "config.json").exists():  # made earlier (e.g. by the parent of a subprocess test)
+        return folder
     tok = tokenizer or build_demo_tokenizer()
     torch.manual_seed(seed)
     cfg = LlamaConfig(
