@@ -19,15 +19,11 @@ A completed stage whose key matches is skipped; `restart=True` reruns everything
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import random
-import shutil
 import time
 import traceback
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,10 +35,10 @@ from slm_toolkit.artifacts import (
 )
 from slm_toolkit.errors import RecipeError, StageFailed
 from slm_toolkit.recipe import Recipe, StageEntry, dump_resolved
+from slm_toolkit.run_folder import (
+    ERROR_LOG, MANIFEST, clear_stage_folders, link_final, old_records, prepare_workdir, run_lock,
+)
 
-MANIFEST = "manifest.json"
-KEY_FILE = ".slm_stage_key"
-ERROR_LOG = "error.log"
 
 
 def _now() -> str:
@@ -96,17 +92,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextlib.contextmanager
-def _run_lock(run_dir: Path) -> Iterator[None]:
-    """One `slm run` per run folder at a time (the kernel drops the lock if the process dies)."""
-    with open(run_dir / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RecipeError(f"{run_dir}: another `slm run` is using this run folder") from None
-        yield
-
-
 class _Run:
     """The state of one pipeline run: its folder, manifest and the lazily loaded data."""
 
@@ -155,28 +140,6 @@ class _Run:
         return self._data
 
 
-def _old_records(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The previous manifest's stage records, by folder name ({} when there is none)."""
-    path = run_dir / MANIFEST
-    if not path.is_file():
-        return {}
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}  # unreadable: nothing can be trusted, rerun everything
-    return {r["folder"]: r for r in old.get("stages", []) if isinstance(r, dict) and "folder" in r}
-
-
-def _clear_stage_folders(run_dir: Path) -> None:
-    for child in run_dir.iterdir():
-        if child.is_dir() and child.name[:2].isdigit() and child.name[2:3] == "-":
-            shutil.rmtree(child)
-    for name in ("final", MANIFEST, ERROR_LOG, "report.md", "report.png"):
-        path = run_dir / name
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-
-
 def run(
     recipe: Recipe,
     run_dir: Path | str | None = None,
@@ -188,20 +151,25 @@ def run(
     device = resolve_device(recipe.device)
     run_dir = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _run_lock(run_dir):
+    with run_lock(run_dir):
         if restart:
-            _clear_stage_folders(run_dir)
+            clear_stage_folders(run_dir)
         write_text_atomic(run_dir / "recipe.resolved.yaml", dump_resolved(recipe))
         final = run_dir / "final"
         if final.is_symlink():
             final.unlink()  # `final` exists only while the whole run is complete
         state = _Run(recipe, run_dir, device, console)
         try:
-            _run_stages(state, _old_records(run_dir))
+            _run_stages(state, old_records(run_dir))
         except StageFailed:
             from slm_toolkit.report import build_report
 
             build_report(run_dir)  # the report shows the failure too
+            raise
+        except BaseException as exc:  # model or data could not be loaded, Ctrl-C, ...
+            if state.manifest:
+                state.manifest.update(status="failed", error=" ".join(str(exc).split()) or type(exc).__name__)
+                state.save()
             raise
         _finish(state)
     return run_dir
@@ -271,35 +239,21 @@ def _reusable(state: _Run, prev: dict[str, Any] | None, record: dict[str, Any]) 
     return artifact is None or artifact.exists()
 
 
-def _prepare_workdir(final: Path, key: str) -> tuple[Path, bool]:
-    """The stage's `.tmp` folder: kept when it holds the same key (resume), else made fresh."""
-    if final.exists():
-        shutil.rmtree(final)  # an outdated result; the manifest no longer says completed
-    tmp = final.with_name(final.name + ".tmp")
-    key_file = tmp / KEY_FILE
-    if tmp.is_dir() and key_file.is_file() and key_file.read_text().strip() == key:
-        return tmp, True
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write_text_atomic(key_file, key + "\n")
-    return tmp, False
-
-
 def _run_one(state: _Run, i: int, total: int, entry: StageEntry, record: dict[str, Any],
              artifact: Path | None, model: Path) -> None:
     from slm_toolkit.registry import STAGES
     from slm_toolkit.stage import StageInput
 
+    data = state.data()  # loaded once, before the first stage that runs
     final = state.run_dir / record["folder"]
-    workdir, resumed = _prepare_workdir(final, record["key"])
+    workdir, resumed = prepare_workdir(final, record["key"])
     note = " (resuming)" if resumed else ""
     state.console.rule(f"[bold][{i}/{total}] {record['folder']}[/]{note}")
     record.update(status="running", started_at=_now(), metrics={}, timings={}, artifact=None)
     record.pop("error", None)
     state.save()
     inp = StageInput(
-        artifact=artifact, model=model, data=state.data(), workdir=workdir,
+        artifact=artifact, model=model, data=data, workdir=workdir,
         run_dir=state.run_dir, device=state.device, seed=state.recipe.seed,
         history=_history(state, i),
     )
@@ -399,19 +353,6 @@ def _finish(state: _Run) -> None:
     last = next((state.abs(r["artifact"]) for r in reversed(state.manifest["stages"])
                  if r.get("artifact")), None)
     if last is not None:
-        _link_final(state.run_dir, last)
+        link_final(state.run_dir, last)
     report = build_report(state.run_dir)
     state.console.print(f"[bold green]done[/] report: {report}")
-
-
-def _link_final(run_dir: Path, target: Path) -> None:
-    """`final` -> the last artifact, replaced atomically (a symlink renamed over the old one)."""
-    try:
-        dest = os.path.relpath(target.resolve(), run_dir.resolve())
-    except ValueError:
-        dest = str(target.resolve())
-    tmp = run_dir / ".final.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(dest, tmp)
-    os.replace(tmp, run_dir / "final")
