@@ -12,20 +12,20 @@ import typer
 
 def serve(
     artifact: Annotated[Path, typer.Argument(help="artifact folder (HF, ONNX or TensorRT)", show_default=False)],
-    backend: Annotated[Optional[str], typer.Option(help="auto|torch|onnxruntime|tensorrt [default: auto]")] = None,
-    host: Annotated[Optional[str], typer.Option(help="bind address [default: 127.0.0.1]")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port [default: 8000]")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto|torch|onnxruntime|tensorrt (default: auto)")] = None,
+    host: Annotated[Optional[str], typer.Option(help="bind address (default: 127.0.0.1)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port (default: 8000)")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(
         help="environment variable holding a bearer API key (requests without it get 401)")] = None,
-    max_batch_size: Annotated[Optional[int], typer.Option(help="sequences decoded together [default: 16]")] = None,
-    max_queue: Annotated[Optional[int], typer.Option(help="waiting requests before 429 [default: 128]")] = None,
+    max_batch_size: Annotated[Optional[int], typer.Option(help="sequences decoded together (default: 16)")] = None,
+    max_queue: Annotated[Optional[int], typer.Option(help="waiting requests before 429 (default: 128)")] = None,
     max_model_len: Annotated[Optional[int], typer.Option(
-        help="prompt + max_tokens limit [default: the model's]")] = None,
-    request_timeout: Annotated[Optional[float], typer.Option(help="seconds before a request is cancelled "
-                                                                  "[default: 120]")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="continuous|naive [default: continuous]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda[:N] [default: auto]")] = None,
-    model_name: Annotated[Optional[str], typer.Option(help="served model name [default: folder name]")] = None,
+        help="prompt + max_tokens limit (default: the model's)")] = None,
+    request_timeout: Annotated[Optional[float], typer.Option(
+        help="seconds before a request is cancelled (default: 120)")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="continuous|naive (default: continuous)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda[:N] (default: auto)")] = None,
+    model_name: Annotated[Optional[str], typer.Option(help="served model name (default: folder name)")] = None,
     config: Annotated[Optional[Path], typer.Option(help="server config YAML (flags override it)")] = None,
 ) -> None:
     """Serve an artifact behind an OpenAI-compatible API with continuous batching."""
@@ -62,7 +62,11 @@ def run_server(artifact: Path, cfg) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(artifact)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(artifact)
+    except Exception as exc:  # noqa: BLE001 - any failure here means: not a servable folder
+        typer.echo(f"error: could not load a tokenizer from {artifact}: {exc}", err=True)
+        return 1
     server: uvicorn.Server | None = None
 
     def load():

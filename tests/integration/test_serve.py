@@ -385,6 +385,21 @@ def test_request_timeout_cancels(small):
     assert complete(small, "1+", max_tokens=2)["usage"]["completion_tokens"] == 2
 
 
+def test_cli_errors_are_clear(artifact, tmp_path):
+    from typer.testing import CliRunner
+
+    from slm_toolkit.cli import app
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["serve", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "artifact folder not found" in missing.output
+    bad = runner.invoke(app, ["serve", str(artifact), "--scheduler", "fast"])
+    assert bad.exit_code == 2 and "scheduler" in bad.output
+    build_demo_tokenizer().save_pretrained(tmp_path / "no-weights")  # a tokenizer, but no model
+    broken = runner.invoke(app, ["serve", str(tmp_path / "no-weights"), "--port", "0"])
+    assert broken.exit_code == 1 and "could not load" in broken.output and "not a model artifact" in broken.output
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -394,7 +409,7 @@ def _free_port() -> int:
 def test_cli_serves_and_drains_on_sigterm(artifact, tmp_path):
     port, log = _free_port(), tmp_path / "server.log"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "slm_toolkit.serving.cli", str(artifact), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "slm_toolkit.cli", "serve", str(artifact), "--port", str(port),
                              "--max-batch-size", "4"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
