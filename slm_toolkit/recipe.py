@@ -65,6 +65,16 @@ class RecipeHeader(BaseModel):
             )
         return v
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v == "cuda":  # torch is imported only when CUDA is asked for
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("cuda was asked for, but no CUDA device is available here (use auto or cpu)")
+        return v
+
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:

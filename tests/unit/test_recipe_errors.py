@@ -25,6 +25,12 @@ def _fp8_available() -> bool:
     return fp8_unavailable_reason() is None
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 # (id, recipe text, overrides, expected start of the one error line, expected fragment)
 CASES = [
     ("yaml-syntax", "name: t\nmodel: [unclosed\nstages: []\n", [], "recipe.yaml: line 3", "YAML syntax error"),
@@ -80,6 +86,8 @@ CASES = [
      "must be >= 1"),
     ("override-unknown-key", GOOD, ["stages.0.evaluate.bacth_size=2"], "stages[0].evaluate.bacth_size:",
      "did you mean 'batch_size'?"),
+    pytest.param("cuda-without-gpu", GOOD + "device: cuda\n", [], "device:", "no CUDA device is available",
+                 id="cuda-without-gpu", marks=pytest.mark.skipif("_cuda_available()", reason="this machine has CUDA")),
     pytest.param("fp8-without-hardware", "name: t\nmodel: m\nstages:\n  - quantize: {scheme: fp8}\n", [],
                  "stages[0].quantize.scheme:", "fp8 needs a CUDA GPU", id="fp8-without-hardware",
                  marks=pytest.mark.skipif("_fp8_available()", reason="this machine has fp8")),
