@@ -65,16 +65,20 @@ class Service:
         return list(prompt)
 
     def encode_chat(self, messages: list[S.ChatMessage]) -> list[int]:
+        """One user message: the exact generation prompt the toolkit trains and evaluates with
+        (segments.prompt_ids: the chat template or the plain one, then `<think>`). Longer
+        conversations: the tokenizer's chat template; without one, system/user turns joined."""
+        from slm_toolkit.data.segments import prompt_ids
+
         tok = self.tokenizer
+        if len(messages) == 1 and messages[0].role == "user":
+            return list(prompt_ids(tok, messages[0].content))
         if getattr(tok, "chat_template", None):
             convo = [{"role": m.role, "content": m.content} for m in messages]
             return list(tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=True))
-        # No chat template (the demo tokenizer): the toolkit's plain generation prompt.
         if any(m.role == "assistant" for m in messages) or messages[-1].role != "user":
             raise S.RequestError("messages: this model has no chat template; send system/user messages "
                                  "ending with a user message", param="messages")
-        from slm_toolkit.data.segments import prompt_ids
-
         return list(prompt_ids(tok, "\n\n".join(m.content for m in messages)))
 
     def check_model(self, name: str | None) -> None:
@@ -235,7 +239,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
     @app.get("/ready")
     async def ready():
         eng = svc.engine
-        state = "failed" if eng.load_error else "stopping" if eng._stopping else (
+        state = "failed" if eng.load_error else "stopping" if eng.stopping else (
             "ready" if eng.ready.is_set() else "loading")
         return JSONResponse({"status": state}, status_code=200 if state == "ready" else 503)
 

@@ -139,6 +139,10 @@ class Engine:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def submit(self, req: GenRequest | ScoreJob) -> None:
         with self._cv:
             if self._stopping:

@@ -64,7 +64,8 @@ class Wrapped:
 
 
 class Server:
-    def __init__(self, artifact: Path, headers: dict | None = None, delay: float = 0.0, **settings):
+    def __init__(self, artifact: Path, headers: dict | None = None, delay: float = 0.0, backend: str = "auto",
+                 **settings):
         import uvicorn
         from transformers import AutoTokenizer
 
@@ -73,7 +74,7 @@ class Server:
 
         self.tok = AutoTokenizer.from_pretrained(artifact)
         poison = self.tok.unk_token_id
-        self.app = create_app(lambda: Wrapped(load_generator(artifact), delay, poison), self.tok,
+        self.app = create_app(lambda: Wrapped(load_generator(artifact, backend), delay, poison), self.tok,
                               ServeConfig(**settings), model_name="tiny")
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -170,6 +171,9 @@ def test_chat_uses_the_plain_template(main, reference):
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": main.app.state.service.decode(want)}
     assert body["usage"]["prompt_tokens"] == len(ids)
+    two = main.client.post("/v1/chat/completions", json={
+        "messages": [{"role": "system", "content": "1+1"}, {"role": "user", "content": "3*4"}], "max_tokens": 2})
+    assert two.json()["usage"]["prompt_tokens"] == len(prompt_ids(main.tok, "1+1\n\n3*4"))
 
 
 @pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
@@ -252,6 +256,23 @@ def test_naive_scheduler_gives_the_same_greedy_text(artifact, main):
                 complete(main, p, max_tokens=8)["choices"][0]["text"]
     finally:
         naive.close()
+
+
+@pytest.mark.slow
+def test_onnx_artifact_serves_batched_like_sequential(artifact, tmp_path):
+    from slm_toolkit.export.onnx import export_onnx
+
+    export_onnx(artifact, tmp_path / "onnx", optimize="none")
+    srv = Server(tmp_path / "onnx", backend="onnxruntime", max_batch_size=8, max_model_len=MAX_LEN)
+    try:
+        bodies = [{"prompt": p, "max_tokens": 6 + i % 9, "temperature": 0, "ignore_eos": True}
+                  for i, p in enumerate(PROMPTS)]
+        sequential = [complete(srv, **b)["choices"][0]["text"] for b in bodies]
+        responses = asyncio.run(_fire(srv.url, bodies))
+        assert [r.json()["choices"][0]["text"] for r in responses] == sequential
+        assert complete(srv, "1+2=", max_tokens=5)["usage"]["completion_tokens"] == 5
+    finally:
+        srv.close()
 
 
 MALFORMED = [
