@@ -73,7 +73,7 @@ class Server:
         from slm_toolkit.serving.config import ServeConfig
 
         self.tok = AutoTokenizer.from_pretrained(artifact)
-        poison = self.tok.unk_token_id
+        self.poison = poison = self.tok.convert_tokens_to_ids("</think>")  # only sent as explicit ids
         self.app = create_app(lambda: Wrapped(load_generator(artifact, backend), delay, poison), self.tok,
                               ServeConfig(**settings), model_name="tiny")
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
@@ -330,9 +330,8 @@ def test_malformed_requests_are_4xx_and_the_server_survives(main):
 
 
 def test_error_in_one_request_fails_only_that_request(main):
-    unk = main.tok.unk_token_id
     bodies = [{"prompt": p, "max_tokens": 5, "temperature": 0} for p in PROMPTS[:5]]
-    bodies.insert(2, {"prompt": [main.tok.bos_token_id, unk, unk], "max_tokens": 5})
+    bodies.insert(2, {"prompt": [main.tok.bos_token_id, main.poison, 7], "max_tokens": 5})
     responses = asyncio.run(_fire(main.url, bodies))
     assert [r.status_code for r in responses] == [200, 200, 500, 200, 200, 200]
     assert responses[2].json()["error"]["type"] == "server_error"
