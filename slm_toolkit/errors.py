@@ -53,7 +53,10 @@ def _clean_loc(loc: Loc, raw: Any) -> list[int | str]:
     cur = raw
     for i, el in enumerate(loc):
         last = i == len(loc) - 1
-        if isinstance(el, int):
+        if isinstance(el, int) and isinstance(cur, dict):  # a non-string mapping key
+            out.append(str(el))
+            cur = cur.get(el)
+        elif isinstance(el, int):
             out.append(el)
             cur = cur[el] if isinstance(cur, list) and -len(cur) <= el < len(cur) else None
         elif isinstance(cur, dict) and el in cur:
@@ -109,6 +112,7 @@ def _message(err: dict[str, Any]) -> str:
             msg = msg[len(prefix) :]
     if err.get("type") == "missing":
         return "required key is missing"
+    msg = re.sub(r"Input should be a valid dictionary or instance of \w+", "must be a mapping", msg)
     value = err.get("input")
     if err.get("type") not in ("value_error", "assertion_error") and isinstance(
         value, (str, int, float, bool)
