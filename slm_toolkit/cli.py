@@ -179,7 +179,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="run folder", show_defau
 from slm_toolkit.serving.cli import serve  # noqa: E402
 
 app.command()(serve)
-# bench: from slm_toolkit.bench.cli import bench_app; app.add_typer(bench_app, name="bench")
+from slm_toolkit.bench.cli import bench_app  # noqa: E402
+
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:  # pragma: no cover - `python -m slm_toolkit.cli`
