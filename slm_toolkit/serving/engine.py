@@ -129,6 +129,7 @@ class Engine:
         self._waiting: deque[GenRequest | ScoreJob] = deque()
         self._batch: list[GenRequest] = []
         self._state: Any = None
+        self._admitting: list[GenRequest] = []  # admitted this step, not yet in the batch
         self._stopping = False
         self._thread = threading.Thread(target=self._main, name="slm-engine", daemon=True)
 
@@ -150,7 +151,8 @@ class Engine:
             if not self.ready.is_set():
                 raise EngineUnavailable("the model is not loaded yet" if self.load_error is None
                                         else f"the model failed to load: {self.load_error}")
-            if len(self._waiting) >= self.max_queue:
+            free_slots = max(0, self.max_batch_size - len(self._batch))  # admitted at the next step
+            if len(self._waiting) >= self.max_queue + free_slots:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
             self._waiting.append(req)
             self.metrics.waiting.set(len(self._waiting))
@@ -196,9 +198,9 @@ class Engine:
                 self._step_naive() if self.scheduler == "naive" else self._step()
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the server
                 log.exception("engine step failed")
-                for req in self._batch:
+                for req in self._batch + self._admitting:
                     self._fail(req, 500, f"internal error in the engine: {exc}")
-                self._batch, self._state = [], None
+                self._batch, self._state, self._admitting = [], None, []
             self._gauges()
 
     def _warmup(self) -> None:
@@ -265,6 +267,7 @@ class Engine:
 
     def _step(self) -> None:
         jobs, new = self._admit()
+        self._admitting = new
         for job in jobs:
             self._score(job)
         now = time.perf_counter()
@@ -280,6 +283,7 @@ class Engine:
                 self._sample(new, logits)
                 self._state = self.generator.merge([self._state, state]) if self._batch else state
                 self._batch = self._batch + new
+        self._admitting = []
         if self._batch:
             self.metrics.batch_size.observe(len(self._batch))
         self._drop_done()

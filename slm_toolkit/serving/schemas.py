@@ -120,6 +120,8 @@ def parse_request(model: type[BaseModel], body: bytes) -> BaseModel:
             raise RequestError(f"request body is not valid JSON: {msg}", code="json_invalid") from None
         if err["type"] == "model_type" and not loc:
             raise RequestError("request body must be a JSON object", code="invalid_type") from None
+        if err["type"] == "extra_forbidden":
+            msg = "unknown or unsupported field"
         text = f"{loc}: {msg}" if loc and not msg.startswith(f"{loc}:") else msg
         param = loc or (msg.split(":", 1)[0] if ":" in msg else None)
         raise RequestError(text, param=param, code=err["type"]) from None

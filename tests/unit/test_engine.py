@@ -153,7 +153,7 @@ def test_token_budget_limits_one_step_admission():
 
 def test_queue_full_and_not_ready():
     gen = FakeGenerator()
-    eng = Engine(lambda: gen, ServerMetrics(), max_queue=2)
+    eng = Engine(lambda: gen, ServerMetrics(), max_queue=2, max_batch_size=1)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -161,8 +161,8 @@ def test_queue_full_and_not_ready():
         with pytest.raises(EngineUnavailable, match="not loaded"):
             eng.submit(req())
         eng.ready.set()  # pretend loaded, but the thread is not running: requests stay queued
-        eng.submit(req())
-        eng.submit(req())
+        for _ in range(3):  # 2 waiting + 1 for the free batch slot
+            eng.submit(req())
         with pytest.raises(QueueFull):
             eng.submit(req())
 
@@ -212,6 +212,38 @@ def test_a_failing_request_fails_alone(where):
         if where == "decode":  # the others never feed the poisoned token
             assert bad not in expected(prompts[i], 6, ignore_eos=True)[0][:-1]
         assert got[i] == expected(prompts[i], 6, ignore_eos=True)
+
+
+def test_an_engine_bug_fails_the_step_and_the_engine_keeps_serving():
+    gen = FakeGenerator()
+    real_merge, calls = gen.merge, []
+
+    def merge_once_broken(states):
+        calls.append(1)
+        if len(calls) == 2:  # the first merge is the warm-up
+            raise RuntimeError("bug")
+        return real_merge(states)
+
+    gen.merge = merge_once_broken
+    slow = gen.decode_step
+    gen.decode_step = lambda ids, st: (time.sleep(0.002), slow(ids, st))[1]
+    eng = make_engine(gen, max_batch_size=4)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        first = GenRequest([2], SamplingParams(max_tokens=500, ignore_eos=True), loop, asyncio.Queue(), 0.0, None)
+        eng.submit(first)
+        assert (await first.events.get())[0] == "token"
+        second = await run_one(eng, [3], SamplingParams(max_tokens=3))  # admitting it calls merge: bug
+        while (ev := await first.events.get())[0] == "token":
+            pass
+        third = await run_one(eng, [4], SamplingParams(max_tokens=3, ignore_eos=True))
+        return ev, second, third
+
+    ev, second, third = asyncio.run(main())
+    eng.stop()
+    assert ev[:2] == ("error", 500) and second[1] == ("error", 500)
+    assert third == expected([4], 3, ignore_eos=True)
 
 
 def test_timeout_answers_408():

@@ -32,7 +32,7 @@ def test_valid_requests_and_defaults():
     ({"prompt": "a", "max_tokens": "3"}, "max_tokens", "valid integer"),
     ({"prompt": "a", "temperature": 2.5}, "temperature", "less than or equal to 2"),
     ({"prompt": "a", "top_p": 0}, "top_p", "greater than 0"),
-    ({"prompt": "a", "nonsense": 1}, "nonsense", "Extra inputs"),
+    ({"prompt": "a", "nonsense": 1}, "nonsense", "unknown or unsupported field"),
     ({"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream"),
     ({"prompt": "a", "max_tokens": 2, "min_tokens": 3}, "min_tokens", "<= max_tokens"),
     ({"prompt": ""}, "prompt", "must not be empty"),
