@@ -134,7 +134,7 @@ def _train_into(recipe: dict[str, Any], out: Path, progress: bool) -> None:
     final_loss = sum(losses[-50:]) / len(losses[-50:])
     metrics = {"accuracy": quality["accuracy"], "answer_rate": quality["answer_rate"],
                "params": float(count_parameters(model)), "train_seconds": seconds, "final_loss": final_loss}
-    write_meta(out, kind="hf", stage="builtin", parent=None, builtin=recipe, metrics=metrics,
+    write_meta(out, kind="hf", stage="builtin", parent=None, task=task, builtin=recipe, metrics=metrics,
                heldout={"n": HELDOUT_N, "seed": HELDOUT_SEED})
 
 
