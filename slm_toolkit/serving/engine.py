@@ -13,104 +13,20 @@ Events put on a request's queue: ("token", id), ("finish", reason), ("error", st
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
 from slm_toolkit.runtime.base import GenerationConfig, Generator
 from slm_toolkit.serving.metrics import ServerMetrics
+from slm_toolkit.serving.sequences import (EngineError, EngineUnavailable, GenRequest, QueueFull,  # noqa: F401
+                                           SamplingParams, ScoreJob, emit, resolve_job, sample_token)
 
 log = logging.getLogger("slm_toolkit.serving")
-
-
-class QueueFull(Exception):
-    """The waiting queue is full: answer 429 with Retry-After."""
-
-
-class EngineUnavailable(Exception):
-    """Still loading, failed to load or shutting down: answer 503."""
-
-
-class EngineError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    min_tokens: int = 0
-    ignore_eos: bool = False
-
-
-@dataclass(eq=False)
-class GenRequest:
-    prompt_ids: list[int]
-    params: SamplingParams
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue
-    arrival: float
-    deadline: float | None
-    cancel_reason: str | None = None  # set from the event loop; read by the engine thread
-    generated: int = 0
-    last_token: int = 0
-    last_time: float = 0.0
-    done: bool = False
-    rng: torch.Generator | None = None
-
-
-@dataclass(eq=False)
-class ScoreJob:
-    prompt_ids: list[int]
-    candidates: list[list[int]]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-    arrival: float
-    deadline: float | None
-    cancel_reason: str | None = None
-    n_tokens: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.n_tokens = len(self.prompt_ids) + sum(len(c) for c in self.candidates)
-
-
-def sample_token(row: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None) -> int:
-    """Greedy when temperature is 0, else temperature + nucleus (top-p) sampling on one logits row."""
-    if temperature == 0.0:
-        return int(row.argmax())
-    probs = torch.softmax(row.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        drop = (sorted_p.cumsum(-1) - sorted_p) > top_p  # keep the smallest set reaching top_p
-        sorted_p[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    return int(torch.multinomial(probs, 1, generator=rng))
-
-
-def _emit(req: GenRequest, event: tuple) -> None:
-    try:
-        req.loop.call_soon_threadsafe(req.events.put_nowait, event)
-    except RuntimeError:  # the event loop is closed: nobody is listening any more
-        pass
-
-
-def _resolve(fut: asyncio.Future, result: Any = None, exc: BaseException | None = None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)
 
 
 class Engine:
@@ -227,7 +143,9 @@ class Engine:
         """Finish a cancelled or timed-out item; True when it was."""
         if isinstance(item, ScoreJob):
             if item.cancel_reason or self._expired(item, now):
-                _resolve(item.future, exc=EngineError(408, "the request timed out"))
+                error = EngineError(499, "cancelled") if item.cancel_reason else \
+                    EngineError(408, "the request timed out")
+                resolve_job(item, exc=error)
                 self.metrics.finished.labels("cancelled" if item.cancel_reason else "timeout").inc()
                 return True
             return False
@@ -372,7 +290,7 @@ class Engine:
             self.metrics.itl.observe(now - req.last_time)
         req.last_time = now
         self.metrics.generation_tokens.inc()
-        _emit(req, ("token", token))
+        emit(req, ("token", token))
         if req.generated >= req.params.max_tokens:
             self._finish(req, "length", now)
 
@@ -382,14 +300,14 @@ class Engine:
         req.done = True
         self.metrics.e2e.observe(now - req.arrival)
         self.metrics.finished.labels(reason).inc()
-        _emit(req, ("finish", reason))
+        emit(req, ("finish", reason))
 
     def _fail(self, req: GenRequest, status: int, message: str, reason: str = "error") -> None:
         if req.done:
             return
         req.done = True
         self.metrics.finished.labels(reason).inc()
-        _emit(req, ("error", status, message))
+        emit(req, ("error", status, message))
 
     def _drop_done(self) -> None:
         keep = [i for i, r in enumerate(self._batch) if not r.done]
@@ -403,11 +321,11 @@ class Engine:
             result = self.generator.score(job.prompt_ids, job.candidates)
         except Exception as exc:  # noqa: BLE001
             log.exception("score failed")
-            job.loop.call_soon_threadsafe(_resolve, job.future, None, EngineError(500, f"scoring failed: {exc}"))
+            resolve_job(job, exc=EngineError(500, f"scoring failed: {exc}"))
             self.metrics.finished.labels("error").inc()
             return
         self.metrics.finished.labels("score").inc()
-        job.loop.call_soon_threadsafe(_resolve, job.future, [float(x) for x in result])
+        resolve_job(job, [float(x) for x in result])
 
     def _step_naive(self) -> None:
         """One request at a time with plain generate (no batching), for comparison."""

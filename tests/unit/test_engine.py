@@ -296,3 +296,22 @@ def test_sample_token_top_p_and_seed():
     assert draws == {1, 2}
     a = [sample_token(row, 1.5, 1.0, torch.Generator().manual_seed(3)) for _ in range(3)]
     assert len(set(a)) == 1
+
+
+def test_score_jobs_run_on_the_engine_thread():
+    from slm_toolkit.serving.sequences import ScoreJob
+
+    gen = FakeGenerator()
+    eng = make_engine(gen)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        job = ScoreJob([2, 3], [[4], [5, 6]], loop, loop.create_future(), time.perf_counter(), None)
+        eng.submit(job)
+        late = ScoreJob([2], [[4]], loop, loop.create_future(), 0.0, 0.0)  # deadline already passed
+        eng.submit(late)
+        return await asyncio.wait_for(job.future, 5), await asyncio.gather(late.future, return_exceptions=True)
+
+    got, (late_error,) = asyncio.run(main())
+    eng.stop()
+    assert got == [-1.0, -2.0] and late_error.status == 408
