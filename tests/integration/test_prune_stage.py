@@ -93,3 +93,14 @@ def test_impossible_ratios_fail_before_any_work(hf_model, data, tmp_path, cfg, m
     with pytest.raises(ValueError, match=message):
         run(PruneConfig(**cfg), inp)
     assert list(inp.workdir.iterdir()) == []
+
+
+def test_hidden_width_prune_passes_both_gates(hf_model, data, tmp_path):
+    """hidden_size // num_attention_heads != head_dim afterwards: the ONNX export must still agree."""
+    from slm_toolkit.prune.stage import run
+
+    cfg = PruneConfig(hidden=0.25, importance="activation", calibration={"samples": 4, "batch_size": 4})
+    out = run(cfg, _input(hf_model, data, tmp_path))
+    config = json.loads((out.artifact / "config.json").read_text())
+    assert (config["hidden_size"], config["num_attention_heads"], config["head_dim"]) == (48, 4, 16)
+    assert out.metrics["onnx_token_agreement"] == 1.0 and out.metrics["reload_max_abs_logit_diff"] <= 1e-4
