@@ -70,9 +70,11 @@ def _static(model_in: Path, model_out: Path, prompts: Sequence[Sequence[int]], e
     quantize_static(
         str(model_in), str(model_out), DecoderCalibrationReader(model_in, prompts),
         quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        # U8S8 (uint8 activations with a zero point, int8 symmetric per-channel weights): the
+        # combination ORT's x86 kernels are fastest at; int8 activations measured ~2x slower here
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        extra_options={"WeightSymmetric": True},
     )
 
 
