@@ -91,15 +91,15 @@ def build_model(arch: dict[str, Any], tokenizer: Any, max_positions: int, seed: 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
+    settings = dict(
         vocab_size=len(tokenizer),
         max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
-        **arch,
     )
+    config = LlamaConfig(**{**settings, **arch})
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
