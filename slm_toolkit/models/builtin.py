@@ -81,6 +81,11 @@ def builtin_model(name: str, *, task: dict, seed: int = 0, progress: bool = True
     final = paths.cache_dir() / "builtin" / f"{name}-{recipe_hash(recipe)}"
     if (final / "slm_meta.json").is_file() and (final / "model.safetensors").is_file():
         return final
+    if progress:
+        import sys
+
+        print(f"builtin:{name}: first use for task {recipe['task']}: training it "
+              f"({recipe['training']['steps']} steps; cached in {final})", file=sys.stderr, flush=True)
     with atomic_dir(final) as tmp:
         _train_into(recipe, tmp, progress)
     return final

@@ -51,9 +51,27 @@ def test_resolve_hub_id_not_cached(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ModelNotAvailable, match="not in the local Hugging Face cache and the hub is not reachable"):
         resolve_model("some-org/some-model", task={})
+
+
+def test_resolve_hub_id_from_the_local_cache(monkeypatch, tmp_path, tiny_folder):
+    """A hub id found in the Hugging Face cache layout resolves to its snapshot folder."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    folder, _ = tiny_folder
+    repo = tmp_path / "hub" / "models--some-org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(folder, repo / "snapshots" / ("0" * 40))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    path = resolve_model("some-org/tiny", task={})
+    assert path == repo / "snapshots" / ("0" * 40)
+    assert load_model(path)[0].config.hidden_size == 16
 
 
 def test_resolve_unknown_builtin():
