@@ -49,6 +49,7 @@ def run(cfg: PruneConfig, inp: StageInput) -> StageOutput:
     plan = check_against_model(cfg, model.config)
     batches = calibration_batches(tokenizer, inp.data.train or inp.data.eval, cfg.calibration.samples,
                                   cfg.calibration.batch_size, device=inp.device)
+    check_finite(model, batches[0], f"the input model {src}")
     params_before = count_parameters(model)
 
     # prune
@@ -116,6 +117,14 @@ def prune_model(model: Any, cfg: PruneConfig, plan: Any, batches: list) -> tuple
     return shape, dropped
 
 
+def check_finite(model: Any, batch: Any, what: str) -> None:
+    with torch.inference_mode():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    if not torch.isfinite(logits).all():
+        raise PruneGateError(f"prune: {what} gives non-finite logits (NaN/inf) on the calibration data; "
+                             "its weights are broken (check the stage that produced it)")
+
+
 def reload_gate(model: Any, folder: Path, batch: Any) -> tuple[Any, float]:
     """Reload `folder` through from_pretrained; its logits must equal the in-memory model's."""
     from transformers import AutoModelForCausalLM
@@ -126,8 +135,10 @@ def reload_gate(model: Any, folder: Path, batch: Any) -> tuple[Any, float]:
     with torch.inference_mode():
         a = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         b = reloaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    diff = float((a.float() - b.float()).abs().max())
-    if diff > RELOAD_ATOL or a.shape != b.shape:
+    if not torch.isfinite(a).all():
+        raise PruneGateError("prune gate: the pruned model gives non-finite logits (NaN/inf)")
+    diff = float((a.float() - b.float()).abs().max()) if a.shape == b.shape else float("inf")
+    if not diff <= RELOAD_ATOL:  # NaN fails too
         raise PruneGateError(f"prune gate: the saved model reloaded by AutoModelForCausalLM gives logits up to {diff:.3g} "
                              f"away from the pruned model in memory (allowed {RELOAD_ATOL:g}); the config "
                              "rewritten in config.json does not describe the pruned weights")
@@ -150,7 +161,7 @@ def onnx_gate(reloaded: Any, folder: Path, tokenizer: Any, examples: list) -> di
         metrics = parity(TorchGenerator(reloaded), load_generator(scratch, device="cpu"), prompts, ONNX_NEW_TOKENS)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if metrics["parity_token_agreement"] < 1.0:
+    if metrics["parity_token_agreement"] < 1.0 or not metrics["parity_max_abs_logit_diff"] < float("inf"):
         raise PruneGateError(f"prune gate: the ONNX export of the pruned model agrees with PyTorch's greedy tokens on "
                              f"only {metrics['parity_token_agreement']:.0%} of {len(prompts)} prompts "
                              f"(max |logit diff| {metrics['parity_max_abs_logit_diff']:.3g})")

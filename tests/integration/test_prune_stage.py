@@ -104,3 +104,28 @@ def test_hidden_width_prune_passes_both_gates(hf_model, data, tmp_path):
     config = json.loads((out.artifact / "config.json").read_text())
     assert (config["hidden_size"], config["num_attention_heads"], config["head_dim"]) == (48, 4, 16)
     assert out.metrics["onnx_token_agreement"] == 1.0 and out.metrics["reload_max_abs_logit_diff"] <= 1e-4
+
+
+def test_gates_fail_on_a_mismatched_or_broken_model(hf_model, data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from slm_toolkit.models.load import load_tokenizer
+    from slm_toolkit.prune.importance import calibration_batches
+    from slm_toolkit.prune.stage import PruneGateError, reload_gate, run
+
+    batch = calibration_batches(load_tokenizer(hf_model), data.train, 2, 2)[0]
+    model = AutoModelForCausalLM.from_pretrained(hf_model).eval()
+    reloaded, diff = reload_gate(model, hf_model, batch)
+    assert diff == 0.0
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[:, 0] += 1.0  # memory no longer matches the folder
+    with pytest.raises(PruneGateError, match="reloaded by AutoModelForCausalLM"):
+        reload_gate(model, hf_model, batch)
+
+    broken = tmp_path / "nan"
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(broken)
+    load_tokenizer(hf_model).save_pretrained(broken)
+    with pytest.raises(PruneGateError, match="non-finite logits"):
+        run(PruneConfig(mlp=0.5), _input(broken, data, tmp_path))
