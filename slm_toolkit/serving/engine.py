@@ -24,7 +24,7 @@ import torch
 from slm_toolkit.runtime.base import GenerationConfig, Generator
 from slm_toolkit.serving.metrics import ServerMetrics
 from slm_toolkit.serving.sequences import (EngineError, EngineUnavailable, GenRequest, QueueFull,  # noqa: F401
-                                           SamplingParams, ScoreJob, emit, resolve_job, sample_token)
+                                           SamplingParams, ScoreJob, deliver, resolve_job, sample_token)
 
 log = logging.getLogger("slm_toolkit.serving")
 
@@ -46,6 +46,7 @@ class Engine:
         self._batch: list[GenRequest] = []
         self._state: Any = None
         self._admitting: list[GenRequest] = []  # admitted this step, not yet in the batch
+        self._outbox: dict[Any, list] = {}  # event loop -> [(queue, event)], flushed once per batch of tokens
         self._stopping = False
         self._thread = threading.Thread(target=self._main, name="slm-engine", daemon=True)
 
@@ -117,7 +118,20 @@ class Engine:
                 for req in self._batch + self._admitting:
                     self._fail(req, 500, f"internal error in the engine: {exc}")
                 self._batch, self._state, self._admitting = [], None, []
+            self._flush()
             self._gauges()
+
+    def _emit(self, req: GenRequest, event: tuple) -> None:
+        self._outbox.setdefault(req.loop, []).append((req.events, event))
+
+    def _flush(self) -> None:
+        """One wake-up per event loop for all the tokens of a step (not one per token)."""
+        outbox, self._outbox = self._outbox, {}
+        for loop, events in outbox.items():
+            try:
+                loop.call_soon_threadsafe(deliver, events)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                pass
 
     def _warmup(self) -> None:
         gen = self.generator
@@ -195,6 +209,7 @@ class Engine:
         if self._batch:
             logits = self._decode()
             self._sample(self._batch, logits)
+            self._flush()  # running requests get their token before the new prompts prefill
         if new:
             logits, state, new = self._prefill(new)
             if new:
@@ -290,7 +305,7 @@ class Engine:
             self.metrics.itl.observe(now - req.last_time)
         req.last_time = now
         self.metrics.generation_tokens.inc()
-        emit(req, ("token", token))
+        self._emit(req, ("token", token))
         if req.generated >= req.params.max_tokens:
             self._finish(req, "length", now)
 
@@ -300,14 +315,14 @@ class Engine:
         req.done = True
         self.metrics.e2e.observe(now - req.arrival)
         self.metrics.finished.labels(reason).inc()
-        emit(req, ("finish", reason))
+        self._emit(req, ("finish", reason))
 
     def _fail(self, req: GenRequest, status: int, message: str, reason: str = "error") -> None:
         if req.done:
             return
         req.done = True
         self.metrics.finished.labels(reason).inc()
-        emit(req, ("error", status, message))
+        self._emit(req, ("error", status, message))
 
     def _drop_done(self) -> None:
         keep = [i for i, r in enumerate(self._batch) if not r.done]

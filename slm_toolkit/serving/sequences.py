@@ -77,11 +77,10 @@ def sample_token(row: torch.Tensor, temperature: float, top_p: float, rng: torch
     return int(torch.multinomial(probs, 1, generator=rng))
 
 
-def emit(req: GenRequest, event: tuple) -> None:
-    try:
-        req.loop.call_soon_threadsafe(req.events.put_nowait, event)
-    except RuntimeError:  # the event loop is closed: nobody is listening any more
-        pass
+def deliver(events: list[tuple[asyncio.Queue, tuple]]) -> None:
+    """Runs on the event loop: hand a step's events to their requests' queues."""
+    for queue, event in events:
+        queue.put_nowait(event)
 
 
 def resolve(fut: asyncio.Future, result: Any = None, exc: BaseException | None = None) -> None:
