@@ -128,3 +128,23 @@ def test_nf4_cpu_dims_check_names_the_layers():
     text = str(err.value)
     assert "mlp.up_proj (48->96)" in text and "k_proj (64->24)" in text and "ok (" not in text
     assert "bnb_int8" in text  # says what to use instead
+
+
+def _figures(latency, spread=1.0, size=100.0, acc=0.5):
+    return {"bytes": size, "accuracy": acc, "answer_rate": 1.0, "latency_ms_median": latency,
+            "latency_ms_spread": spread, "tok_s": 32 / latency * 1000}
+
+
+def test_compare_flags_only_clearly_slower_artifacts():
+    from slm_toolkit.quantize.stage import compare, report_md
+
+    slow = compare(_figures(100.0), _figures(130.0, size=30.0, acc=0.4))
+    assert slow["slower_than_input"] == 1.0 and slow["latency_ratio"] == pytest.approx(1.3)
+    assert slow["bytes_ratio"] == pytest.approx(0.3) and slow["accuracy_delta"] == pytest.approx(-0.1)
+    assert "**Warning:** the int8_dynamic artifact decodes slower" in report_md("int8_dynamic", slow)
+    noise = compare(_figures(100.0), _figures(103.0))  # within 5%: not flagged
+    assert noise["slower_than_input"] == 0.0 and "Warning" not in report_md("x", noise)
+    wide = compare(_figures(100.0, spread=20.0), _figures(115.0))  # within the measured spread
+    assert wide["slower_than_input"] == 0.0
+    fast = compare(_figures(100.0), _figures(60.0))
+    assert fast["slower_than_input"] == 0.0 and fast["latency_ratio"] == pytest.approx(0.6)
