@@ -192,3 +192,22 @@ def test_calibration_reader_feeds_an_empty_cache(onnx_model):
     assert reader.get_next()["input_ids"].tolist() == [[1, 9]] and reader.get_next() is None
     reader.rewind()
     assert reader.get_next() is not None
+
+
+# -- fp8 (CUDA, compute capability >= 8.9 only; skipped elsewhere) -------------------------------
+def _fp8_gpu() -> bool:
+    return torch.cuda.is_available() and tuple(torch.cuda.get_device_capability()) >= (8, 9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _fp8_gpu(), reason="fp8 needs a CUDA GPU of compute capability >= 8.9")
+def test_fp8_stage_on_gpu(hf_model, data, tmp_path):
+    from slm_toolkit.quantize.stage import run
+    from slm_toolkit.quantize.torchao_backend import load_torchao_model
+
+    inp = _input(hf_model, data, tmp_path)
+    inp.device = "cuda"
+    out = run(QuantizeConfig(scheme="fp8", limit=2), inp)
+    model = load_torchao_model(out.artifact, device="cuda")
+    assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "Float8Tensor"
+    assert out.metrics["bytes"] < out.metrics["input_bytes"]
