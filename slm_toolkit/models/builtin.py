@@ -111,6 +111,8 @@ def build_model(arch: dict[str, Any], tokenizer: Any, max_positions: int, seed: 
 
 def _train_into(recipe: dict[str, Any], out: Path, progress: bool) -> None:
     """Train the builtin described by `recipe` and save it, with its figures, into `out`."""
+    import torch
+
     from slm_toolkit.artifacts import write_meta
     from slm_toolkit.data.demo import generate_examples
     from slm_toolkit.data.segments import tokenize_examples
@@ -126,19 +128,20 @@ def _train_into(recipe: dict[str, Any], out: Path, progress: bool) -> None:
     model = build_model(recipe["arch"], tokenizer, _max_positions(longest), tr["seed"])
     pool = _training_examples(tr["data"], tr["pool"], tr["seed"], task)
     sequences = tokenize_examples(tokenizer, pool)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     losses = train_causal_lm(
         model, sequences, pad_id=tokenizer.pad_token_id, steps=tr["steps"], batch_size=tr["batch_size"],
         lr=tr["lr"], seed=tr["seed"], progress=progress, desc=f"train builtin:{recipe['name']}",
     )
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     gen = TorchGenerator(model, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     quality = exact_match(gen, tokenizer, heldout, generation_budget(tokenizer, heldout), batch_size=64)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     final_loss = sum(losses[-50:]) / len(losses[-50:])
     metrics = {"accuracy": quality["accuracy"], "answer_rate": quality["answer_rate"],
-               "params": float(count_parameters(model)), "train_seconds": seconds, "final_loss": final_loss}
+               "params": float(count_parameters(model)), "train_seconds": seconds, "train_cpu_seconds": cpu_seconds,
+               "train_threads": float(torch.get_num_threads()), "final_loss": final_loss}
     write_meta(out, kind="hf", stage="builtin", parent=None, task=task, builtin=recipe, metrics=metrics,
                heldout={"n": HELDOUT_N, "seed": HELDOUT_SEED})
 
