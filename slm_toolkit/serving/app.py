@@ -109,11 +109,7 @@ class Service:
         ended = False
         try:
             while True:
-                left = req.deadline + 5.0 - time.perf_counter()  # the engine times out first
-                try:
-                    event = await asyncio.wait_for(req.events.get(), timeout=max(left, 0.01))
-                except asyncio.TimeoutError:
-                    raise EngineError(408, "the request timed out") from None
+                event = req.events.get_nowait() if not req.events.empty() else await _next_event(req)
                 if event[0] == "token":
                     delta = asm.add(event[1])
                     if asm.stopped:
@@ -153,6 +149,14 @@ class Service:
             self.engine.cancel(req, "cancelled")
             raise EngineError(499, "client disconnected")
         return task.result()
+
+
+async def _next_event(req: GenRequest) -> tuple:
+    left = req.deadline + 5.0 - time.perf_counter()  # a safety net: the engine times requests out first
+    try:
+        return await asyncio.wait_for(req.events.get(), timeout=max(left, 0.01))
+    except asyncio.TimeoutError:
+        raise EngineError(408, "the request timed out") from None
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -275,7 +279,8 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
 
 async def _generate(svc: Service, request: Request, body: S.SamplingFields, ids: list[int], chat: bool):
     req = svc.submit(body, ids)
-    asm = TextAssembler(svc.decode, body.stop_list(), body.min_tokens)
+    # non-streaming without stop strings: decode once at the end, not after every token
+    asm = TextAssembler(svc.decode, body.stop_list(), body.min_tokens, lazy=not body.stream)
     rid = S.new_id("chatcmpl" if chat else "cmpl")
     if body.stream:
         stream = _stream_chat(svc, req, asm, rid, body) if chat else _stream_completion(svc, req, asm, rid, body)

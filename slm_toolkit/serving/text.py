@@ -12,8 +12,10 @@ from typing import Callable
 
 
 class TextAssembler:
-    def __init__(self, decode: Callable[[list[int]], str], stops: list[str], min_tokens: int = 0):
+    def __init__(self, decode: Callable[[list[int]], str], stops: list[str], min_tokens: int = 0,
+                 lazy: bool = False):
         self._decode, self._stops, self._min_tokens = decode, stops, min_tokens
+        self._lazy = lazy and not stops  # nobody reads deltas: decode once, in flush
         self._max_stop = max((len(s) for s in stops), default=0)
         self.ids: list[int] = []
         self._sent = 0
@@ -23,6 +25,8 @@ class TextAssembler:
     def add(self, token_id: int) -> str:
         """Take one generated token; return the text that is now safe to send."""
         self.ids.append(token_id)
+        if self._lazy:
+            return ""
         self._text = self._decode(self.ids)
         if self._stops and len(self.ids) >= self._min_tokens:
             cut = self._find_stop()
@@ -37,7 +41,11 @@ class TextAssembler:
 
     def flush(self) -> str:
         """The held-back rest, at the end of generation."""
-        return "" if self.stopped else self._send(len(self._text))
+        if self.stopped:
+            return ""
+        if self._lazy:
+            self._text = self._decode(self.ids)
+        return self._send(len(self._text))
 
     def _send(self, upto: int) -> str:
         if upto <= self._sent:

@@ -82,6 +82,14 @@ def test_no_stop_flushes_everything_and_min_tokens_delays_stops():
     assert "".join(feed(early, "aaxa")) == "aax" and early.stopped
 
 
+def test_lazy_assembler_decodes_once():
+    calls = []
+    asm = TextAssembler(lambda ids: calls.append(1) or decode_chars(ids), [], lazy=True)
+    assert feed(asm, "hello") == [""] * 5 and asm.flush() == "hello" and len(calls) == 1
+    eager = TextAssembler(decode_chars, ["l"], lazy=True)  # stop strings need incremental text
+    assert "".join(feed(eager, "hello")) == "he" and eager.stopped
+
+
 def test_incomplete_utf8_is_held_back():
     pieces = {1: b"h", 2: b"\xc3", 3: b"\xa9"}
 
