@@ -33,6 +33,7 @@ _NOT_COPIED_NAMES = {"model.safetensors.index.json", "slm_meta.json", "metrics.j
 
 def run(cfg: QuantizeConfig, inp: StageInput) -> StageOutput:
     from slm_toolkit.artifacts import artifact_kind, write_meta
+    from slm_toolkit.data.segments import prompt_ids
     from slm_toolkit.models.load import load_tokenizer
 
     # setup
@@ -46,16 +47,16 @@ def run(cfg: QuantizeConfig, inp: StageInput) -> StageOutput:
 
     # quantize
     t0 = time.perf_counter()
-    calibration = _calibration_prompts(tokenizer, inp, cfg.calibration.samples) if cfg.scheme == "ort_int8_static" else []
+    static = cfg.scheme == "ort_int8_static"
+    calibration = _calibration_prompts(tokenizer, inp, cfg.calibration.samples) if static else []
     quantize_artifact(cfg.scheme, src, dst, inp.device, cfg.block_size, calibration)
     copy_side_files(src, dst)
     quantize_s = time.perf_counter() - t0
 
     # measure (the quantized model is reopened from disk)
     t1 = time.perf_counter()
-    generators = {"input": open_generator(src, None, inp.device), "output": open_generator(dst, cfg.scheme, inp.device)}
-    prompt = _prompt(tokenizer, examples[0])
-    latency = interleaved_latency(generators, prompt)  # first, while nothing else has warmed caches
+    generators = {"input": open_generator(src, inp.device), "output": open_generator(dst, inp.device)}
+    latency = interleaved_latency(generators, prompt_ids(tokenizer, examples[0].prompt))
     before = measure(generators["input"], tokenizer, examples, src, latency["input"])
     after = measure(generators["output"], tokenizer, examples, dst, latency["output"])
     metrics = compare(before, after)
@@ -115,7 +116,7 @@ def _calibration_prompts(tokenizer: Any, inp: StageInput, samples: int) -> list[
     return [prompt_ids(tokenizer, ex.prompt) for ex in pool[:samples]]
 
 
-def open_generator(folder: Path, scheme: str | None, device: str) -> Any:
+def open_generator(folder: Path, device: str) -> Any:
     """A Generator over the artifact, reloaded from disk.
 
     torchao folders need our loader (see torchao_backend); bitsandbytes models are placed with
@@ -132,12 +133,6 @@ def open_generator(folder: Path, scheme: str | None, device: str) -> Any:
     from slm_toolkit.runtime.loader import load_generator
 
     return load_generator(folder, device=device)
-
-
-def _prompt(tokenizer: Any, example: Any) -> list[int]:
-    from slm_toolkit.data.segments import prompt_ids
-
-    return prompt_ids(tokenizer, example.prompt)
 
 
 def interleaved_latency(generators: dict[str, Any], prompt: list[int]) -> dict[str, dict[str, float]]:

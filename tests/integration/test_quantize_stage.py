@@ -75,7 +75,7 @@ def _check_output(out, inp, scheme, kind):
     report = out.extra["report_md"]
     assert f"quantize: {scheme}" in report and ("Warning" in report) == bool(m["slower_than_input"])
     # reopened from disk, it generates
-    gen = open_generator(out.artifact, scheme, "cpu")
+    gen = open_generator(out.artifact, "cpu")
     new = gen.generate([[1, 7, 8, 9]], GenerationConfig(max_new_tokens=5, min_new_tokens=5, ignore_eos=True))
     assert len(new) == 1 and len(new[0]) == 5
     return names
