@@ -19,8 +19,8 @@ from slm_toolkit.stage import DataBundle, StageInput
 def hf_folder(folder: Path, head_dim: int | None) -> Path:
     tok = build_demo_tokenizer()
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim or 8,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim or 16,
                       max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(cfg)
@@ -40,7 +40,8 @@ def stage_input(tmp: Path, head_dim: int | None = None) -> StageInput:
     return StageInput(artifact=src, model=src, data=data, workdir=work, run_dir=tmp / "run", device="cpu", seed=0)
 
 
-@pytest.mark.parametrize("head_dim", [None, 4], ids=["full", "head_pruned"])
+# head_dim 16 and 32 run the GroupQueryAttention graph, 8 the plain one (runtime/ort_fused.py)
+@pytest.mark.parametrize("head_dim", [None, 32, 8], ids=["full", "head_pruned_fused", "head_pruned_plain"])
 def test_onnx_export_passes_parity_and_optimum_loads_it(tmp_path, head_dim):
     from optimum.onnxruntime import ORTModelForCausalLM
 
