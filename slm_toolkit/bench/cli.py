@@ -150,24 +150,26 @@ def _run(url, artifact, backend, scheduler, max_batch_size, out, label, api, mod
     from slm_toolkit.bench.server import serve_artifact
 
     tok_src = tokenizer_path or artifact
-    tok = None
-    if dataset == "random" and tok_src is not None:
+    tok = count = None
+    if tok_src is not None:  # random prompts; token counts for servers that send no `usage`
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tok_src)
+        count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     key = os.environ.get(api_key_env) if api_key_env else None
     out.mkdir(parents=True, exist_ok=True)
     ctx = (serve_artifact(artifact, out / "server.log", backend=backend, scheduler=scheduler,
                           max_batch_size=max_batch_size) if artifact else nullcontext((url, None)))
     typer.echo(f"slm bench {label}: {len(levels)} level(s) -> {out}")
     with ctx as (base_url, _proc):
-        ep = Endpoint(base_url, api=api, model=model, extensions=ignore_eos, api_key=key)
+        ep = Endpoint(base_url, api=api, model=model, extensions=ignore_eos, api_key=key, count_tokens=count)
         info = {"label": label, "artifact": str(artifact) if artifact else None,
                 "backend": backend if artifact else None, "scheduler": scheduler if artifact else None,
                 "max_batch_size": max_batch_size}
         doc = runner.run(ep, levels, dataset=dataset, num_requests=num_requests, input_len=input_len,
                          output_len=output_len, warmup=warmup, seed=seed, slo=slo, duration_s=duration,
-                         tokenizer=tok, out_dir=out, run_info=info, on_level=_print_level)
+                         tokenizer=tok if dataset == "random" else None, out_dir=out, run_info=info,
+                         on_level=_print_level)
     _print_table(doc["levels"], f"slm bench {label}")
     typer.echo(f"results: {out / 'results.json'}, {out / 'results.md'}, plots in {out}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import httpx
 
@@ -31,16 +32,20 @@ class Prompt:
 @dataclass
 class Endpoint:
     """Where and how to send: api "completions" or "chat"; `extensions` = send vLLM's
-    min_tokens/ignore_eos (servers that reject unknown fields need False)."""
+    min_tokens/ignore_eos (servers that reject unknown fields need False); `count_tokens`
+    re-tokenizes the streamed text when a server sends no `usage` (else chunks are counted)."""
 
     base_url: str
     api: str = "completions"
     model: str | None = None
     extensions: bool = True
     api_key: str | None = None
+    timeout_s: float = 600.0
+    count_tokens: Callable[[str], int] | None = None
 
 
 def make_client(concurrency: int, timeout_s: float = 600.0) -> httpx.AsyncClient:
+    """A pool with room for every request in flight (plus a few), so none waits in the client."""
     limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
     return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout_s, connect=30.0))
 
@@ -79,7 +84,7 @@ async def send(client: httpx.AsyncClient, ep: Endpoint, p: Prompt, index: int, t
     sent = time.perf_counter()
     res.sent_s = sent - t0
     last = None
-    chunks = 0
+    chunks: list[str] = []
     try:
         async with client.stream("POST", ep.base_url.rstrip("/") + path, json=body, headers=headers) as resp:
             res.status = resp.status_code
@@ -97,8 +102,8 @@ async def send(client: httpx.AsyncClient, ep: Endpoint, p: Prompt, index: int, t
                     res.error = json.dumps(obj["error"])[:500]
                     return res
                 now = time.perf_counter()
-                if obj.get("choices") and _chunk_text(obj):
-                    chunks += 1
+                if obj.get("choices") and (text := _chunk_text(obj)):
+                    chunks.append(text)
                     if last is None:
                         res.ttft_s = now - sent
                     else:
@@ -114,8 +119,9 @@ async def send(client: httpx.AsyncClient, ep: Endpoint, p: Prompt, index: int, t
     except (httpx.HTTPError, json.JSONDecodeError, KeyError, IndexError) as exc:
         res.error = f"{type(exc).__name__}: {exc}"[:500]
         return res
-    if not res.usage_reported:  # e.g. `transformers serve`: count chunks, say so
-        res.output_tokens = chunks
+    if not res.usage_reported:  # e.g. `transformers serve`: re-tokenize (or count chunks), say so
+        text = "".join(chunks)
+        res.output_tokens = ep.count_tokens(text) if ep.count_tokens else len(chunks)
         res.prompt_tokens = p.input_len or 0
     res.ok = res.ttft_s is not None
     if not res.ok:

@@ -109,7 +109,7 @@ async def run_level(ep: Endpoint, level: Level, prompts: list[Prompt], warmup: l
                     duration_s: float | None = None) -> tuple[list[RequestResult], float]:
     """Warm up, then measure one level. Returns (results, wall seconds of the measured part)."""
     width = level.concurrency or 64
-    async with make_client(width) as client:
+    async with make_client(width, ep.timeout_s) as client:
         if warmup:
             await _warmup(client, ep, warmup, min(width, len(warmup)))
         start = time.perf_counter()

@@ -1,0 +1,174 @@
+"""results.json / results.md / plots of the serving benchmark (rebuild: python report.py [DIR])."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from slm_toolkit.artifacts import write_json_atomic, write_text_atomic
+from slm_toolkit.bench.metrics import FORMULAS
+
+ROW_KEYS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms",
+            "median_itl_ms", "median_e2el_ms", "request_throughput", "completed", "failed", "usage_missing")
+TARGET_MODEL, TARGET_C = "llama134m", 16
+
+
+def row(lv: dict, server: str, scheduler: str, backend: str, model: str, c: int) -> dict:
+    return {"server": server, "scheduler": scheduler, "backend": backend, "model": model, "concurrency": c,
+            **{k: lv.get(k) for k in ROW_KEYS}}
+
+
+def static_rows(res: dict, model: str) -> list[dict]:
+    st = res.get("static")
+    if not st:
+        return []
+    return [{"server": "inprocess_static", "scheduler": "static", "backend": "torch", "model": model,
+             "concurrency": st["batch"], "output_throughput": st["output_throughput"],
+             "median_ttft_ms": None, "p99_ttft_ms": None,
+             "median_tpot_ms": st["median_s"] * 1000 / st["new_tokens"], "median_e2el_ms": st["median_s"] * 1000}]
+
+
+def save_raw(path: Path, levels: list[dict], status: dict) -> None:
+    """Per-request detail of one configuration (chunk gaps summarized to keep the file small)."""
+    slim = []
+    for lv in levels:
+        reqs = [{**{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != "itl_s"},
+                 "chunks": len(r["itl_s"]) + (1 if r.get("ttft_s") else 0)} for r in lv["requests"]]
+        slim.append({**lv, "requests": reqs})
+    write_json_atomic(path, {"status": status, "formulas": FORMULAS, "levels": slim})
+
+
+def _find(rows, server, scheduler, backend, model=TARGET_MODEL, c=TARGET_C):
+    return next((r for r in rows if (r["server"], r["scheduler"], r["backend"], r["model"], r["concurrency"])
+                 == (server, scheduler, backend, model, c) and r.get("completed")), None)
+
+
+def http_overhead(rows, inproc) -> dict[str, float]:
+    out = {}
+    for model, res in inproc.items():
+        srv = _find(rows, "slm", "continuous", "torch", model, 1)
+        if srv and res.get("single") and srv.get("median_e2el_ms") is not None:
+            out[model] = srv["median_e2el_ms"] - res["single"]["median_ms"]
+    return out
+
+
+def targets(rows, overhead, idle) -> list[dict]:
+    """The issue's targets at 134M, concurrency 16, each with its measured value."""
+    cont, naive = _find(rows, "slm", "continuous", "torch"), _find(rows, "slm", "naive", "torch")
+    static = _find(rows, "inprocess_static", "static", "torch")
+    ts = [r for r in (_find(rows, "transformers_serve", s, "torch") for s in ("naive", "continuous")) if r]
+    tput = lambda r: r["output_throughput"] if r else None  # noqa: E731
+
+    def ratio(x, y):
+        return tput(x) / tput(y) if x and y and tput(y) else None
+
+    best_ts = max(ts, key=tput) if ts else None
+    p99_med = cont["p99_ttft_ms"] / cont["median_ttft_ms"] if cont and cont.get("median_ttft_ms") else None
+    idle_max = max(idle.values()) if idle else None
+    checks = [
+        ("continuous / naive output tok/s (torch)", ratio(cont, naive), ">= 5", lambda v: v >= 5),
+        ("continuous / in-process static batch 16", ratio(cont, static), ">= 0.8", lambda v: v >= 0.8),
+        ("continuous / best working transformers serve", ratio(cont, best_ts), ">= 3", lambda v: v >= 3),
+        ("p99 TTFT / median TTFT (continuous)", p99_med, "<= 3", lambda v: v <= 3),
+        ("HTTP overhead per request (ms)", overhead.get(TARGET_MODEL), "<= 2", lambda v: v <= 2),
+        ("idle server CPU (% of a core, worst config)", idle_max, "< 2", lambda v: v < 2),
+    ]
+    return [{"target": t, "value": v, "goal": g, "met": (ok(v) if v is not None else None)} for t, v, g, ok in checks]
+
+
+def build(rows, statuses, inproc, settings, wall_s) -> dict:
+    import torch
+    import transformers
+
+    idle = {s["config"]: s["idle_cpu_percent"] for s in statuses if "idle_cpu_percent" in s}
+    overhead = http_overhead(rows, inproc)
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+           "platform": platform.platform(), "cpu": _cpu_name()}
+    return {"benchmark": "serving", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
+            "environment": env, "wall_s": wall_s, "formulas": FORMULAS,
+            "http_overhead_ms": overhead.get(TARGET_MODEL, next(iter(overhead.values()), None)),
+            "http_overhead_ms_by_model": overhead, "idle_cpu_percent": idle,
+            "targets": targets(rows, overhead, idle), "servers": statuses, "inprocess": inproc, "rows": rows}
+
+
+def _cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def _f(v, spec=".1f"):
+    return "—" if v is None else format(v, spec)
+
+
+def markdown(doc: dict) -> str:
+    s = doc["settings"]
+    lines = ["# Serving benchmark", "",
+             f"Created {doc['created']} in {doc['wall_s'] / 60:.1f} min on {doc['environment']['cpu']} "
+             f"(servers pinned to CPU {s['server_cpus']} with 1 thread, client on CPU {s['client_cpus']}); "
+             f"torch {doc['environment']['torch']}, transformers {doc['environment']['transformers']}.", "",
+             f"Closed loop, chat API, random prompts of ≈{s['input_len']} tokens, {s['output_len']} output tokens "
+             f"each (forced), greedy; measured requests per level: {s['requests']} (concurrency:count), "
+             f"{s['warmup']} warm-up requests per level not counted.", ""]
+    if s.get("note"):
+        lines += [f"**Scale note:** {s['note']}", ""]
+    lines += ["## Targets (134M, concurrency 16)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for t in doc["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['target']} | {_f(t['value'], '.2f')} | {t['goal']} | {met} |")
+    lines += ["", "## All rows", "", "| model | server | scheduler | backend | c | out tok/s | TTFT med ms | "
+              "TTFT p99 ms | TPOT med ms | E2E med ms | ok/failed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        lines.append(f"| {r['model']} | {r['server']} | {r['scheduler']} | {r['backend']} | {r['concurrency']} | "
+                     f"{_f(r['output_throughput'])} | {_f(r['median_ttft_ms'])} | {_f(r['p99_ttft_ms'])} | "
+                     f"{_f(r['median_tpot_ms'], '.2f')} | {_f(r.get('median_e2el_ms'), '.0f')} | "
+                     f"{r.get('completed', '—')}/{r.get('failed', '—')} |")
+    lines += ["", f"HTTP overhead per request (server E2E at concurrency 1 − the same generation in-process, "
+              f"medians, ms): {json.dumps({k: round(v, 2) for k, v in doc['http_overhead_ms_by_model'].items()})}", "",
+              "Idle server CPU (% of one core over "
+              f"{s['idle_seconds']} s after start-up): "
+              + json.dumps({k: round(v, 2) for k, v in doc["idle_cpu_percent"].items()}), "", "## Server status", ""]
+    for st in doc["servers"]:
+        why = f"{st['error'][:600]}" + (f" (server log: `{st['log_error'][:300]}`)" if st.get("log_error") else "")
+        lines.append(f"- `{st['config']}`: " + (f"**failed**: {why}" if st.get("error")
+                                                else f"ok (ready in {_f(st.get('start_s'))} s)"))
+    lines += ["", "![latency against throughput](latency_throughput.png)", "", "![TTFT CDF](ttft_cdf.png)", "",
+              "Formulas:", ""] + [f"- `{k}`: {v}" for k, v in doc["formulas"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict, out: Path) -> None:
+    from slm_toolkit.bench import plots
+
+    for model in dict.fromkeys(r["model"] for r in doc["rows"]):
+        series: dict[str, list[dict]] = {}
+        for r in doc["rows"]:
+            if r["model"] == model and r.get("completed") and r["server"] != "inprocess_static":
+                series.setdefault(f"{r['server']} {r['scheduler']} {r['backend']}", []).append(
+                    {**r, "name": f"c{r['concurrency']}"})
+        if series:
+            name = "latency_throughput.png" if model == TARGET_MODEL else f"latency_throughput_{model}.png"
+            plots.latency_throughput(series, out / name)
+    levels = []
+    for f in sorted((out / "raw").glob(f"{TARGET_MODEL}-*.json")):
+        for lv in json.loads(f.read_text()).get("levels", []):
+            if lv["concurrency"] == TARGET_C:
+                levels.append({**lv, "name": f.stem.removeprefix(f"{TARGET_MODEL}-")})
+    if levels:
+        plots.ttft_cdf(levels, out / "ttft_cdf.png", f"{TARGET_MODEL}, concurrency {TARGET_C}")
+
+
+def write(doc: dict, out: Path) -> None:
+    write_json_atomic(out / "results.json", doc)
+    plot(doc, out)
+    write_text_atomic(out / "results.md", markdown(doc))
+
+
+if __name__ == "__main__":
+    d = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent
+    write(json.loads((d / "results.json").read_text()), d)
