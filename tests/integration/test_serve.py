@@ -398,6 +398,34 @@ def test_disconnect_frees_the_slot(small):
         metric(before, "requests_finished_total", reason="cancelled") == 2
 
 
+def test_many_clients_vanishing_mid_stream_leave_nothing_behind(main):
+    async def client(c: httpx.AsyncClient, i: int):
+        body = {"prompt": PROMPTS[i % 32], "max_tokens": 24, "ignore_eos": True, "stream": True}
+        async with c.stream("POST", "/v1/completions", json=body) as r:
+            seen = 0
+            async for line in r.aiter_lines():
+                seen += line.startswith("data: ")
+                if i % 2 and seen > i % 7:  # odd clients hang up after a few tokens
+                    return "gone"
+        return "done"
+
+    async def main_():
+        async with httpx.AsyncClient(base_url=main.url, timeout=60, limits=httpx.Limits(max_connections=64)) as c:
+            return await asyncio.gather(*(client(c, i) for i in range(24)))
+
+    before = main.metrics()
+    assert sorted(asyncio.run(main_())) == ["done"] * 12 + ["gone"] * 12
+    deadline = time.time() + 10
+    while metric(main.metrics(), "num_requests_running") or metric(main.metrics(), "num_requests_waiting"):
+        assert time.time() < deadline, "sequences of vanished clients are still running"
+        time.sleep(0.05)
+    after = main.metrics()
+    cancelled = metric(after, "requests_finished_total", reason="cancelled") - \
+        metric(before, "requests_finished_total", reason="cancelled")
+    assert 0 < cancelled <= 12
+    assert complete(main, "1+1=", max_tokens=3)["usage"]["completion_tokens"] == 3
+
+
 def test_request_timeout_cancels(small):
     r = small.client.post("/v1/completions", json={"prompt": "1", "max_tokens": 200, "ignore_eos": True})
     assert r.status_code == 408 and "timed out" in r.json()["error"]["message"]
