@@ -25,6 +25,7 @@ def serve(
         help="seconds before a request is cancelled (default: 120)")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="continuous|naive (default: continuous)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda[:N] (default: auto)")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for the model (default: the library's)")] = None,
     model_name: Annotated[Optional[str], typer.Option(help="served model name (default: folder name)")] = None,
     config: Annotated[Optional[Path], typer.Option(help="server config YAML (flags override it)")] = None,
 ) -> None:
@@ -37,7 +38,7 @@ def serve(
     try:
         cfg = load_serve_config(config, backend=backend, host=host, port=port, api_key_env=api_key_env,
                                 max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
-                                request_timeout=request_timeout, scheduler=scheduler, device=device,
+                                request_timeout=request_timeout, scheduler=scheduler, device=device, threads=threads,
                                 model_name=model_name)
     except (ValidationError, ValueError, OSError) as exc:
         err(f"invalid server settings: {exc}")
