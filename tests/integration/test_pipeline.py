@@ -205,3 +205,46 @@ def test_sigkill_mid_stage_then_resume(project):
     assert m["stages"][1]["metrics"]["resumed"] == 1.0  # it found its checkpoint
     assert not list(run_dir.glob("*.tmp"))
     assert os.readlink(run_dir / "final") == "03-fake"
+
+
+def _tiny_llama(folder: Path, hidden: int, layers: int, seed: int) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from slm_toolkit.data.tokenizer import build_demo_tokenizer
+
+    tok = build_demo_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+
+
+@pytest.mark.slow
+def test_real_stages_through_the_cli(tmp_path, monkeypatch):
+    """distill -> evaluate with tiny models built here: the pipeline with the real stages."""
+    from slm_toolkit.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_llama(tmp_path / "teacher", 32, 2, seed=1)
+    _tiny_llama(tmp_path / "student", 16, 1, seed=2)
+    (tmp_path / "r.yaml").write_text(
+        "name: tiny\nmodel: ./teacher\ndevice: cpu\ndata: {train: 32, eval: 4, task: {steps: 2}}\nstages:\n"
+        "  - distill: {student: ./student, train: {batch_size: 16}}\n"
+        "  - evaluate: {max_new_tokens: 8, latency_repeats: 1}\n"
+    )
+    result = CliRunner().invoke(app, ["run", "r.yaml"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny"
+    m = _manifest(run_dir)
+    assert [s["status"] for s in m["stages"]] == ["completed", "completed"]
+    assert m["stages"][1]["artifact"] == "01-distill"
+    assert {"accuracy", "params", "bytes", "latency_ms_median"} <= set(m["stages"][1]["metrics"])
+    assert (run_dir / "01-distill" / "model.safetensors").is_file()
+    assert "| 02-evaluate | completed |" in (run_dir / "report.md").read_text()
+    again = CliRunner().invoke(app, ["run", "r.yaml"])
+    assert again.exit_code == 0 and again.stdout.count("skipped") == 2
