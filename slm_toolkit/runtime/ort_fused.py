@@ -63,7 +63,7 @@ def _group_edges(nodes, prefix: str, producer: dict) -> tuple[set[str], set[str]
     return entering, {o for o in made if o in used_outside}
 
 
-def fused_graph(model_path: Path, config: dict) -> bytes | None:
+def fused_graph(model_path: Path, config: dict, pack: bool = True) -> bytes | None:
     """The rewritten graph (serialized), or None when its layers do not look like Llama's."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -89,9 +89,14 @@ def fused_graph(model_path: Path, config: dict) -> bytes | None:
             attn = producer[attn].input[0]
         present = [f"present.{i}.key", f"present.{i}.value"]
         replaced.update([attn, *present])
+        qkv = [o.pop() for o in outs]
+        packed = _pack_qkv(g, [producer[t] for t in qkv], f"{p}qkv_proj/MatMul") if pack else None
+        if packed is not None:  # one matmul instead of three; GroupQueryAttention takes packed QKV
+            new_nodes.append(packed)
+            qkv = [packed.output[0], "", ""]
         new_nodes.append(helper.make_node(
             "GroupQueryAttention",
-            [*(o.pop() for o in outs), f"past_key_values.{i}.key", f"past_key_values.{i}.value", "slm_seqlens_k",
+            [*qkv, f"past_key_values.{i}.key", f"past_key_values.{i}.value", "slm_seqlens_k",
              "slm_total_len", "slm_cos", "slm_sin"],
             [attn, *present], domain="com.microsoft", num_heads=heads, kv_num_heads=kv_heads, do_rotary=1,
             rotary_interleaved=0, name=f"{p}GroupQueryAttention"))
@@ -107,6 +112,37 @@ def fused_graph(model_path: Path, config: dict) -> bytes | None:
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model.SerializeToString()
+
+
+def _pack_qkv(g, nodes: list, name: str):
+    """One node computing [q | k | v] when q/k/v are single MatMul or MatMulNBits nodes on the
+    same input with constant weights (int8 QOperator/QDQ have per-matrix scales: not packed)."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in g.initializer}
+    op = nodes[0].op_type
+    if op not in ("MatMul", "MatMulNBits") or any(n.op_type != op or n.input[0] != nodes[0].input[0] for n in nodes):
+        return None
+    if op == "MatMul":
+        if not all(n.input[1] in inits for n in nodes):
+            return None
+        w = np.concatenate([numpy_helper.to_array(inits[n.input[1]]) for n in nodes], axis=1)
+        g.initializer.append(numpy_helper.from_array(w, name + ".weight"))
+        return helper.make_node("MatMul", [nodes[0].input[0], name + ".weight"], [name + "_output_0"], name=name)
+    attrs = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+    same = {k: v for k, v in attrs[0].items() if k != "N"}
+    if any(len(n.input) != 3 or {k: v for k, v in a.items() if k != "N"} != same for n, a in zip(nodes, attrs)):
+        return None  # zero points, g_idx or bias: keep the three nodes
+    if not all(x in inits for n in nodes for x in n.input[1:]):
+        return None
+    blobs = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
+    scales = [numpy_helper.to_array(inits[n.input[2]]) for n in nodes]
+    packed_scales = np.concatenate([sc.reshape(b.shape[0], -1) for sc, b in zip(scales, blobs)])
+    g.initializer.extend([numpy_helper.from_array(np.concatenate(blobs), name + ".B"),
+                          numpy_helper.from_array(packed_scales.reshape((-1,) if scales[0].ndim == 1 else
+                                                                         (packed_scales.shape[0], -1)), name + ".scales")])
+    return helper.make_node("MatMulNBits", [nodes[0].input[0], name + ".B", name + ".scales"], [name + "_output_0"],
+                            name=name, domain="com.microsoft", **same, N=sum(a["N"] for a in attrs))
 
 
 def _length_nodes(helper) -> list:
