@@ -179,6 +179,13 @@ def test_ort_schemes(scheme, onnx_model, data, tmp_path):
     if scheme == "ort_int4":
         blocks = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
         assert blocks == {32}
+    # only the linear layers are quantized: the rotary `positions x inv_freq` MatMul and the attention
+    # MatMuls stay float (a calibrated rotary MatMul clips later positions: accuracy fell to 0)
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    float_matmuls = {n.name for n in graph.node if n.op_type == "MatMul"
+                     and not any(producer.get(i) == "DequantizeLinear" for i in n.input)}
+    assert any("rotary_emb" in n for n in float_matmuls)
+    assert not any(n.endswith(("_proj/MatMul", "lm_head/MatMul")) for n in float_matmuls)
 
 
 def test_calibration_reader_feeds_an_empty_cache(onnx_model):
