@@ -114,7 +114,7 @@ def markdown(doc: dict) -> str:
              f"torch {doc['environment']['torch']}, transformers {doc['environment']['transformers']}.", "",
              f"Closed loop, chat API, random prompts of ≈{s['input_len']} tokens, {s['output_len']} output tokens "
              f"each (forced), greedy; measured requests per level: {s['requests']} (concurrency:count), "
-             f"{s['warmup']} warm-up requests per level not counted.", ""]
+             f"{s['warmup']} warm-up requests per server (before its first level) not counted.", ""]
     if s.get("note"):
         lines += [f"**Scale note:** {s['note']}", ""]
     lines += ["## Targets (134M, concurrency 16)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
@@ -134,7 +134,7 @@ def markdown(doc: dict) -> str:
               f"{s['idle_seconds']} s after start-up): "
               + json.dumps({k: round(v, 2) for k, v in doc["idle_cpu_percent"].items()}), "", "## Server status", ""]
     for st in doc["servers"]:
-        why = f"{st['error'][:600]}" + (f" (server log: `{st['log_error'][:300]}`)" if st.get("log_error") else "")
+        why = f"{st.get('error', '')[:600]}" + (f" (server log: `{st['log_error'][:300]}`)" if st.get("log_error") else "")
         lines.append(f"- `{st['config']}`: " + (f"**failed**: {why}" if st.get("error")
                                                 else f"ok (ready in {_f(st.get('start_s'))} s)"))
     lines += ["", "![latency against throughput](latency_throughput.png)", "", "![TTFT CDF](ttft_cdf.png)", "",
@@ -156,7 +156,8 @@ def plot(doc: dict, out: Path) -> None:
             plots.latency_throughput(series, out / name)
     levels = []
     for f in sorted((out / "raw").glob(f"{TARGET_MODEL}-*.json")):
-        for lv in json.loads(f.read_text()).get("levels", []):
+        data = json.loads(f.read_text())
+        for lv in data.get("levels", []) if isinstance(data, dict) else []:
             if lv["concurrency"] == TARGET_C:
                 levels.append({**lv, "name": f.stem.removeprefix(f"{TARGET_MODEL}-")})
     if levels:

@@ -42,7 +42,7 @@ CONFIGS = [  # (server, scheduler, backend)
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="student,llama134m")
+    ap.add_argument("--models", default="llama134m,student")
     ap.add_argument("--concurrency", default="1,4,16,32")
     ap.add_argument("--requests", default="1:4,4:8,16:32,32:64", help="measured requests per level, c:n,...")
     ap.add_argument("--configs", default="all", help="comma list of server:scheduler:backend, or all")
@@ -51,13 +51,14 @@ def parse_args():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--static-repeats", type=int, default=3)
-    ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--idle-seconds", type=float, default=10.0, help="idle CPU window of each slm server")
     ap.add_argument("--server-cpus", default="1")
     ap.add_argument("--client-cpus", default="0")
     ap.add_argument("--request-timeout", type=float, default=300.0)
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--ts-pydeps", type=Path, default=HERE / "_work" / "pydeps",
                     help="folder with `transformers serve`'s extra dependency (openai), see README")
+    ap.add_argument("--budget-min", type=float, default=1e9, help="skip configurations started after this")
     ap.add_argument("--smoke", action="store_true", help="tiny settings into _work/smoke")
     ap.add_argument("--note", default="", help="free text recorded in results.json (e.g. what was reduced)")
     a = ap.parse_args()
@@ -114,8 +115,8 @@ def bench_config(cfg, folder, onnx, pool, counts, a, raw_dir: Path, count_tokens
                 status["idle_cpu_percent"] = idle_cpu_percent(proc.pid, a.idle_seconds)
             ep = Endpoint(url, api="chat", model=str(folder) if server != "slm" else None,
                           extensions=server == "slm", timeout_s=a.request_timeout, count_tokens=count_tokens)
-            warm = pool[: a.warmup]
-            for c, n in counts.items():
+            for i, (c, n) in enumerate(counts.items()):  # warm-up before the first level only: the server stays warm
+                warm = pool[: a.warmup] if i == 0 else []
                 lv = measure_level(ep, Level(c), pool[a.warmup: a.warmup + n], warm, 0, None, None)
                 levels.append(lv)
                 rows.append(report.row(lv, server, scheduler, backend, folder.name, c))
@@ -171,6 +172,9 @@ def main() -> None:
         print(f"== {model_name}: prompts of {min(map(len, ids))}-{max(map(len, ids))} tokens", flush=True)
         count = lambda text, tok=tok: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         for cfg in wanted:
+            if time.time() - started > a.budget_min * 60:
+                statuses.append({"config": f"{folder.name}-{'-'.join(cfg)}", "error": "skipped: time budget spent"})
+                continue
             r, s = bench_config(cfg, folder, onnx, pool, counts, a, raw_dir, count)
             rows += r
             statuses.append(s)

@@ -100,3 +100,92 @@ def test_config_accepts_recipe_form():
     cfg = BenchConfig(backend="onnxruntime", concurrency=[1, 4, 16], num_requests=64,
                       dataset="prompts.jsonl", slo={"ttft": 500, "tpot": 50})
     assert cfg.concurrency == [1, 4, 16] and cfg.slo == {"ttft": 500.0, "tpot": 50.0}
+
+
+def test_arrival_times_gamma():
+    from slm_toolkit.bench.load import arrival_times
+
+    t = arrival_times(4001, rate=10.0, burstiness=1.0, seed=0)
+    gaps = [b - a for a, b in zip(t, t[1:])]
+    assert t[0] == 0.0 and abs(sum(gaps) / len(gaps) - 0.1) < 0.01  # mean gap 1/rate
+    bursty = arrival_times(4001, rate=10.0, burstiness=0.25, seed=0)
+    bgaps = [b - a for a, b in zip(bursty, bursty[1:])]
+    var = lambda g: sum((x - sum(g) / len(g)) ** 2 for x in g) / len(g)  # noqa: E731
+    assert var(bgaps) > 2 * var(gaps)  # shape < 1: burstier (CV^2 = 1/shape)
+
+
+def _fake_send(delay: float, log: list):
+    import asyncio
+    import time
+
+    state = {"in_flight": 0}
+
+    async def send(client, ep, p, index, t0, scheduled_s):
+        state["in_flight"] += 1
+        log.append(state["in_flight"])
+        sent = time.perf_counter() - t0
+        await asyncio.sleep(delay)
+        state["in_flight"] -= 1
+        return RequestResult(index=index, scheduled_s=scheduled_s, sent_s=sent, ok=True, status=200,
+                             output_tokens=2, ttft_s=delay / 2, e2el_s=delay, itl_s=[delay / 2])
+
+    return send
+
+
+def test_closed_loop_keeps_concurrency(monkeypatch):
+    import asyncio
+
+    from slm_toolkit.bench import load
+    from slm_toolkit.bench.client import Endpoint, Prompt
+
+    seen: list[int] = []
+    monkeypatch.setattr(load, "send", _fake_send(0.01, seen))
+    prompts = [Prompt("x", 2) for _ in range(12)]
+    res, _ = asyncio.run(load.run_level(Endpoint("http://unused"), load.Level(3), prompts, prompts[:2], 0))
+    assert [r.index for r in res] == list(range(12))  # warm-up excluded, every prompt once
+    assert max(seen) == 3 and seen.count(3) >= 6
+    s = summarize(res)
+    assert s["completed"] == 12 and saturation_warning(s, open_loop=False) is None
+
+
+def test_open_loop_follows_schedule_and_duration(monkeypatch):
+    import asyncio
+
+    from slm_toolkit.bench import load
+    from slm_toolkit.bench.client import Endpoint, Prompt
+
+    seen: list[int] = []
+    monkeypatch.setattr(load, "send", _fake_send(0.05, seen))
+    prompts = [Prompt("x", 2) for _ in range(100)]
+    res, wall = asyncio.run(load.run_level(Endpoint("http://unused"), load.Level(None, rate=50.0), prompts, [], 0,
+                                           duration_s=0.5))
+    assert 10 <= len(res) <= 45  # about rate * duration arrivals, the rest never sent
+    assert max(seen) > 1  # open loop: arrivals do not wait for completions
+    assert all(r.sent_s >= r.scheduled_s - 1e-6 for r in res)
+    assert load.Level(None, rate=50.0).name == "r50" and load.Level(4, rate=2.5).name == "r2.5_c4"
+
+
+def test_jsonl_dataset(tmp_path):
+    from slm_toolkit.bench.datasets import load_prompts
+
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a", "output_len": 5}\n\n{"question": "b"}\n')
+    ps = load_prompts(str(f), 5, 0, 7, seed=0)
+    assert len(ps) == 5 and {p.prompt for p in ps} == {"a", "b"}
+    assert {(p.prompt, p.output_len, p.force_len) for p in ps} == {("a", 5, True), ("b", 7, False)}
+    f.write_text('{"prompt": "a"}\n{"text": 3}\n')
+    with pytest.raises(ValueError, match=":2: needs a non-empty"):
+        load_prompts(str(f), 2, 0, 7, seed=0)
+
+
+def test_random_prompts_exact_token_ids():
+    from slm_toolkit.bench.datasets import random_prompts
+    from slm_toolkit.data.tokenizer import build_demo_tokenizer
+
+    tok = build_demo_tokenizer()
+    ps = random_prompts(4, 12, 9, seed=1, tokenizer=tok)
+    assert all(len(p.prompt) == 12 and p.input_len == 12 and p.output_len == 9 for p in ps)
+    assert not set(tok.all_special_ids) & {i for p in ps for i in p.prompt}
+    assert ps == random_prompts(4, 12, 9, seed=1, tokenizer=tok)  # same seed, same prompts
+    text = random_prompts(2, 5, 3, seed=1)  # no tokenizer: words
+    assert all(len(p.prompt.split()) == 5 for p in text)
