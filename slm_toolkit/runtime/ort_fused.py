@@ -100,6 +100,8 @@ def fused_graph(model_path: Path, config: dict, pack: bool = True) -> bytes | No
              "slm_total_len", "slm_cos", "slm_sin"],
             [attn, *present], domain="com.microsoft", num_heads=heads, kv_num_heads=kv_heads, do_rotary=1,
             rotary_interleaved=0, name=f"{p}GroupQueryAttention"))
+        if pack:
+            _pack_mlp(g, producer, f"/model/layers.{i}/mlp/", new_nodes, replaced)
     if layers == 0 or not _gather_logits(g, producer, helper, TensorProto):
         return None
     keep = [n for n in g.node if not replaced.intersection(n.output)]
@@ -143,6 +145,32 @@ def _pack_qkv(g, nodes: list, name: str):
                                                                          (packed_scales.shape[0], -1)), name + ".scales")])
     return helper.make_node("MatMulNBits", [nodes[0].input[0], name + ".B", name + ".scales"], [name + "_output_0"],
                             name=name, domain="com.microsoft", **same, N=sum(a["N"] for a in attrs))
+
+
+def _pack_mlp(g, producer: dict, prefix: str, new_nodes: list, replaced: set) -> None:
+    """gate and up projections as one matmul + Split (same output names, so readers are unchanged)."""
+    from onnx import helper, numpy_helper
+
+    outs = [_group_edges(g.node, prefix + f"{n}_proj/", producer)[1] for n in ("gate", "up")]
+    if any(len(o) != 1 for o in outs):
+        return
+    names = [o.pop() for o in outs]
+    packed = _pack_qkv(g, [producer[t] for t in names], prefix + "gate_up_proj/MatMul")
+    if packed is None:
+        return
+    width = [_out_features(g, producer[t]) for t in names]
+    g.initializer.append(numpy_helper.from_array(np.array(width, dtype=np.int64), prefix + "gate_up_split"))
+    replaced.update(names)
+    new_nodes += [packed, helper.make_node("Split", [packed.output[0], prefix + "gate_up_split"], names, axis=-1)]
+
+
+def _out_features(g, node) -> int:
+    from onnx import helper, numpy_helper
+
+    if node.op_type == "MatMulNBits":
+        return int(next(helper.get_attribute_value(a) for a in node.attribute if a.name == "N"))
+    weight = next(i for i in g.initializer if i.name == node.input[1])
+    return int(numpy_helper.to_array(weight).shape[1])
 
 
 def _length_nodes(helper) -> list:
