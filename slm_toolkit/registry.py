@@ -7,7 +7,8 @@ Nothing is discovered by name: a stage exists because it has a line in `STAGES` 
 Artifact kinds flow through a recipe: "hf" (a Hugging Face folder), "onnx" (an ONNX folder
 that optimum's ORTModelForCausalLM loads), "tensorrt" (an engine folder). A stage declares the
 kinds it accepts and the kind it produces (a function of its config), so that an impossible
-order (`quantize: {scheme: ort_int8_dynamic}` before any export) is a recipe error.
+order (`quantize: {scheme: ort_int8_dynamic}` before any export, or `export` after a torchao
+quantization) is a recipe error.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 HF, ONNX, TENSORRT = "hf", "onnx", "tensorrt"
-ANY = frozenset({HF, ONNX, TENSORRT})
+# A Hugging Face folder whose weights are quantized (torchao, bitsandbytes): it can be evaluated,
+# benched and served, but not distilled, pruned, re-quantized or exported (those need float weights).
+HF_QUANTIZED = "hf-quantized"
+ANY = frozenset({HF, HF_QUANTIZED, ONNX, TENSORRT})
 
 
 def _resolve(ref: str) -> Any:

@@ -111,4 +111,4 @@ def output_kind(cfg: QuantizeConfig, input_kind: str) -> str:
             "put it before `export`, or use an ort_* scheme (ort_int8_dynamic, ort_int8_static, "
             "ort_int4) after an ONNX export"
         )
-    return "hf"
+    return "hf-quantized"  # registry.HF_QUANTIZED: servable, but no longer exportable or trainable

@@ -106,9 +106,26 @@ def test_ort_schemes_need_an_onnx_input(scheme):
 @pytest.mark.parametrize("scheme", ["int8_weight_only", "int8_dynamic", "bnb_int8", "bnb_nf4"])
 def test_torch_schemes_need_a_hf_input(scheme):
     cfg = QuantizeConfig(scheme=scheme)
-    assert output_kind(cfg, "hf") == "hf"
+    assert output_kind(cfg, "hf") == "hf-quantized"
     with pytest.raises(ValueError, match="before `export`"):
         output_kind(cfg, "onnx")
+
+
+@pytest.mark.parametrize("scheme", ["int8_weight_only", "bnb_int8"])
+def test_export_or_distill_after_torch_quantization_is_a_recipe_error(tmp_path, scheme):
+    from slm_toolkit.errors import RecipeError
+    from slm_toolkit.recipe import load_recipe
+
+    for later, path in [("export: {format: onnx}", "stages[1].export"),
+                        ("distill: {student: previous}", "stages[1].distill")]:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(
+            "name: q\nmodel: builtin:arith-teacher\nstages:\n"
+            f"  - quantize: {{scheme: {scheme}}}\n  - {later}\n  - evaluate: {{}}\n"
+        )
+        with pytest.raises(RecipeError) as err:
+            load_recipe(recipe, [])
+        assert f"{path}: takes a hf artifact, but its input is hf-quantized" in str(err.value)
 
 
 def test_registry_uses_this_output_kind():
