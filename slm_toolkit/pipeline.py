@@ -150,6 +150,7 @@ def run(
     console = console or Console()
     device = resolve_device(recipe.device)
     run_dir = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
+    model = _resolve_model(recipe, console)  # before writing anything: a missing model leaves no folder
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
         if restart:
@@ -160,7 +161,7 @@ def run(
             final.unlink()  # `final` exists only while the whole run is complete
         state = _Run(recipe, run_dir, device, console)
         try:
-            _run_stages(state, old_records(run_dir))
+            _run_stages(state, model, old_records(run_dir))
         except StageFailed:
             from slm_toolkit.report import build_report
 
@@ -175,11 +176,10 @@ def run(
     return run_dir
 
 
-def _resolve_model(state: _Run) -> Path:
+def _resolve_model(r: Recipe, console: Console) -> Path:
     from slm_toolkit.models.resolve import resolve_model
 
-    r = state.recipe
-    state.console.print(f"[bold]model[/] {r.model}")
+    console.print(f"[bold]model[/] {r.model}")
     return Path(
         resolve_model(
             r.model, task=r.data.task.model_dump(), seed=r.seed,
@@ -188,9 +188,8 @@ def _resolve_model(state: _Run) -> Path:
     )
 
 
-def _run_stages(state: _Run, old: dict[str, dict[str, Any]]) -> None:
+def _run_stages(state: _Run, model: Path, old: dict[str, dict[str, Any]]) -> None:
     r = state.recipe
-    model = _resolve_model(state)
     data_id = data_identity(r)
     state.manifest = {
         "name": r.name, "model": r.model, "model_path": str(model.resolve()),

@@ -157,6 +157,16 @@ def test_failing_stage_exits_1_with_one_line(project):
     assert [s["status"] for s in _manifest(run_dir)["stages"]] == ["completed"] * 3
 
 
+def test_missing_model_exits_1_and_writes_nothing(project):
+    from slm_toolkit.cli import app
+
+    result = CliRunner().invoke(app, ["run", "r.yaml", "model=./nope"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "nope" in result.stderr.splitlines()[0]
+    assert not (project / "runs").exists()
+
+
 def test_report_command_rebuilds(project):
     from slm_toolkit.cli import app
 
