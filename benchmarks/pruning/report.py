@@ -1,0 +1,97 @@
+"""results.json -> results.md (table + target check) and results.png (retention vs speedup)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TARGET_RETENTION, TARGET_SPEEDUP = 0.95, 1.5
+
+
+def write_report(results: dict, out: Path) -> None:
+    (out / "results.md").write_text(markdown(results))
+    plot(results, out / "results.png")
+
+
+def markdown(r: dict) -> str:
+    c, u, ref = r["conditions"], r["unpruned"], r["reference_extra_epoch"]
+    lines = [
+        "# Pruning + healing on the demo student" + (" (SMOKE RUN: tiny sizes, not a result)" if c["smoke"] else ""),
+        "",
+        f"Unpruned student: builtin:arith-student (the base student) distilled from builtin:arith-teacher with the "
+        f"distill stage ({_kd(c)}, {c['distill_epochs']} epoch(s) over {c['train']} examples): "
+        f"accuracy **{u['accuracy']:.3f}** on {c['eval']} eval problems, "
+        f"{u['params']:,} parameters, batch-1 decode {u['latency_ms']:.1f} ms for {c['latency_new_tokens']} tokens "
+        f"(IQR {u['latency_iqr_ms']:.1f}).",
+        f"Reference: the unpruned student given the same extra distill epoch as the healed models reaches "
+        f"{ref['accuracy']:.3f} (retention {ref['retention']:.2f}); retention below is healed ÷ unpruned, as the issue defines it.",
+        "",
+        "| config | importance | shape (layers, heads/KV, MLP) | params | accuracy pruned | accuracy healed | retention | speedup |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        hit = row["retention"] >= TARGET_RETENTION and row["speedup"] >= TARGET_SPEEDUP
+        lines.append(
+            f"| {row['config']} | {row['importance']} | {row['layers']}, {row['heads']}/{row['kv_heads']}, "
+            f"{row['intermediate_size']} | {row['params']:,} ({row['params'] / row['params_unpruned']:.0%}) | "
+            f"{row['accuracy_pruned']:.3f} | {row['accuracy_healed']:.3f} | {row['retention']:.2f} | "
+            f"×{row['speedup']:.2f}{' ✓' if hit else ''} |")
+    hits = [x for x in r["rows"] if x["retention"] >= TARGET_RETENTION and x["speedup"] >= TARGET_SPEEDUP]
+    best = max(r["rows"], key=lambda x: (x["retention"] >= TARGET_RETENTION, x["speedup"]), default=None)
+    lines += ["", f"**Target** (retention ≥ {TARGET_RETENTION} after healing and ≥ {TARGET_SPEEDUP}× faster decode): "
+              + (f"met by {', '.join(x['config'] + '/' + x['importance'] for x in hits)}." if hits else
+                 "not met by any configuration in this run" + (
+                     f"; the fastest configuration keeping ≥ {TARGET_RETENTION} is {best['config']}/{best['importance']} "
+                     f"(×{best['speedup']:.2f})." if best and best["retention"] >= TARGET_RETENTION else "."))]
+    lines += ["", "## Conditions", "",
+              f"- Data: builtin:arith-cot, {c['train']} training examples, {c['eval']} eval; calibration "
+              f"{c['calibration_samples']} training examples; healing = the distill stage with the pruned folder as "
+              f"student, {c['heal_epochs']} epoch(s) over the first {c['heal_limit'] or c['train']} training examples "
+              f"({_kd(c)}).",
+              f"- Latency: batch-1 greedy decode of {c['latency_new_tokens']} tokens (PyTorch, fp32, KV cache, "
+              f"{c['torch_threads']} thread(s)), every model and the unpruned student in round-robin for "
+              f"{c['latency_rounds']} rounds in one process; medians; speedup = unpruned ÷ pruned.",
+              f"- Machine: {c['cpu_count']} CPUs ({c['machine']}), shared with other jobs while this ran "
+              f"(load average at the end {', '.join(f'{x:.1f}' for x in c['loadavg_at_end'])}); wall time "
+              f"{c['wall_s'] / 60:.1f} min; finished {c['finished_utc']} UTC.",
+              "- 'depth25' drops round(25% × 3) = 1 of the student's 3 layers (33%). 'heads25' rounds 25% of its 2 "
+              "KV heads to 1 group (50% of the attention heads).",
+              "- Each cell is one seed; with this eval size one problem is "
+              f"{1 / c['eval']:.3f} of accuracy, so differences of a few points between criteria are noise.",
+              ""]
+    return "\n".join(lines)
+
+
+def _kd(c: dict) -> str:
+    cut = "full sequences" if c.get("truncate", 0.5) >= 1 else f"{c['truncate']:.0%} head truncation"
+    return f"forward KL, offline top-16 teacher cache, CoT + answer supervised, {cut}, batch 32, lr {c['lr']}"
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    markers = {"magnitude": "o", "taylor": "s", "activation": "^"}
+    colors = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(x["config"] for x in r["rows"]))}
+    for x in r["rows"]:
+        ax1.scatter(x["speedup"], x["retention"], marker=markers.get(x["importance"], "o"), color=colors[x["config"]],
+                    s=60, label=f"{x['config']} / {x['importance']}")
+    ax1.axhline(TARGET_RETENTION, ls="--", c="gray")
+    ax1.axvline(TARGET_SPEEDUP, ls="--", c="gray")
+    ax1.set_xlabel("batch-1 decode speedup vs unpruned (×)")
+    ax1.set_ylabel("retention (healed ÷ unpruned accuracy)")
+    ax1.set_title("target: upper right of the dashed lines")
+    ax1.legend(fontsize=7)
+    labels = [f"{x['config']}\n{x['importance']}" for x in r["rows"]]
+    pos = range(len(labels))
+    ax2.bar([p - 0.2 for p in pos], [x["accuracy_pruned"] for x in r["rows"]], 0.4, label="right after pruning")
+    ax2.bar([p + 0.2 for p in pos], [x["accuracy_healed"] for x in r["rows"]], 0.4, label="after healing")
+    ax2.axhline(r["unpruned"]["accuracy"], c="k", ls="--", label="unpruned")
+    ax2.set_xticks(list(pos), labels, rotation=60, fontsize=6, ha="right")
+    ax2.set_ylabel("exact-match accuracy")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
