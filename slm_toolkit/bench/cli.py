@@ -169,7 +169,7 @@ def _run(url, artifact, backend, scheduler, max_batch_size, out, label, api, mod
         doc = runner.run(ep, levels, dataset=dataset, num_requests=num_requests, input_len=input_len,
                          output_len=output_len, warmup=warmup, seed=seed, slo=slo, duration_s=duration,
                          tokenizer=tok if dataset == "random" else None, out_dir=out, run_info=info,
-                         on_level=_print_level)
+                         on_level=_print_level, progress=True)
     _print_table(doc["levels"], f"slm bench {label}")
     typer.echo(f"results: {out / 'results.json'}, {out / 'results.md'}, plots in {out}")
 

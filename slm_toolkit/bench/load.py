@@ -13,6 +13,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from slm_toolkit.bench.client import Endpoint, Prompt, make_client, send
 from slm_toolkit.bench.metrics import RequestResult
@@ -57,8 +58,11 @@ async def _warmup(client, ep: Endpoint, prompts: list[Prompt], width: int) -> No
     await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
 
 
+OnDone = Callable[[RequestResult], None] | None  # called as each measured request completes (progress)
+
+
 async def closed_loop(client, ep: Endpoint, prompts: list[Prompt], concurrency: int,
-                      duration_s: float | None = None) -> list[RequestResult]:
+                      duration_s: float | None = None, on_done: OnDone = None) -> list[RequestResult]:
     """`concurrency` workers, each sending its next prompt as soon as its last one completes;
     with duration_s, no new request starts after that many seconds."""
     queue = list(enumerate(prompts))
@@ -74,6 +78,8 @@ async def closed_loop(client, ep: Endpoint, prompts: list[Prompt], concurrency: 
             i, p = queue.pop()
             res = await send(client, ep, p, i, t0, scheduled)
             results.append(res)
+            if on_done:
+                on_done(res)
             scheduled = time.perf_counter() - t0
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -81,7 +87,8 @@ async def closed_loop(client, ep: Endpoint, prompts: list[Prompt], concurrency: 
 
 
 async def open_loop(client, ep: Endpoint, prompts: list[Prompt], rate: float, burstiness: float,
-                    seed: int, cap: int | None = None, duration_s: float | None = None) -> list[RequestResult]:
+                    seed: int, cap: int | None = None, duration_s: float | None = None,
+                    on_done: OnDone = None) -> list[RequestResult]:
     """Send prompt i at arrival_times[i] (never waiting for completions, except for the optional
     in-flight cap, whose wait counts as send lag)."""
     times = arrival_times(len(prompts), rate, burstiness, seed)
@@ -91,9 +98,13 @@ async def open_loop(client, ep: Endpoint, prompts: list[Prompt], rate: float, bu
 
     async def one(i, p, at):
         if sem is None:
-            return await send(client, ep, p, i, t0, at)
-        async with sem:
-            return await send(client, ep, p, i, t0, at)
+            res = await send(client, ep, p, i, t0, at)
+        else:
+            async with sem:
+                res = await send(client, ep, p, i, t0, at)
+        if on_done:
+            on_done(res)
+        return res
 
     for i, (p, at) in enumerate(zip(prompts, times)):
         if duration_s is not None and at >= duration_s:
@@ -106,7 +117,7 @@ async def open_loop(client, ep: Endpoint, prompts: list[Prompt], rate: float, bu
 
 
 async def run_level(ep: Endpoint, level: Level, prompts: list[Prompt], warmup: list[Prompt], seed: int,
-                    duration_s: float | None = None) -> tuple[list[RequestResult], float]:
+                    duration_s: float | None = None, on_done: OnDone = None) -> tuple[list[RequestResult], float]:
     """Warm up, then measure one level. Returns (results, wall seconds of the measured part)."""
     width = level.concurrency or 64
     async with make_client(width, ep.timeout_s) as client:
@@ -114,8 +125,8 @@ async def run_level(ep: Endpoint, level: Level, prompts: list[Prompt], warmup: l
             await _warmup(client, ep, warmup, min(width, len(warmup)))
         start = time.perf_counter()
         if level.rate is None:
-            results = await closed_loop(client, ep, prompts, level.concurrency or 1, duration_s)
+            results = await closed_loop(client, ep, prompts, level.concurrency or 1, duration_s, on_done)
         else:
             results = await open_loop(client, ep, prompts, level.rate, level.burstiness, seed,
-                                      level.concurrency, duration_s)
+                                      level.concurrency, duration_s, on_done)
         return results, time.perf_counter() - start

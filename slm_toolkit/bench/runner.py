@@ -19,9 +19,10 @@ from slm_toolkit.bench.metrics import saturation_warning, summarize
 DURATION_POOL = 20_000  # prompts prepared for a --duration run (the clock stops it first)
 
 
-def measure_level(ep: Endpoint, level: Level, prompts, warmup, seed: int, slo, duration_s) -> dict[str, Any]:
+def measure_level(ep: Endpoint, level: Level, prompts, warmup, seed: int, slo, duration_s,
+                  on_done=None) -> dict[str, Any]:
     """Run one level and summarize it: vLLM's keys, warnings and per-request detail."""
-    res, _wall = asyncio.run(run_level(ep, level, prompts, warmup, seed, duration_s))
+    res, _wall = asyncio.run(run_level(ep, level, prompts, warmup, seed, duration_s, on_done))
     summary = summarize(res, slo)
     warnings = []
     if (w := saturation_warning(summary, open_loop=level.rate is not None)):
@@ -40,17 +41,20 @@ def measure_level(ep: Endpoint, level: Level, prompts, warmup, seed: int, slo, d
 def run(ep: Endpoint, levels: list[Level], *, dataset: str, num_requests: int | None, input_len: int,
         output_len: int, warmup: int, seed: int, slo: dict[str, float] | None, duration_s: float | None,
         tokenizer=None, out_dir: Path, run_info: dict[str, Any],
-        on_level: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        on_level: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> dict[str, Any]:
     """Measure every level with the same prompts; write results.json/.md and the two plots."""
     n = num_requests or DURATION_POOL
     pool = load_prompts(dataset, n + warmup, input_len, output_len, seed, tokenizer, as_text=ep.api == "chat")
     warm, prompts = pool[:warmup], pool[warmup:]
     done = []
-    for level in levels:
-        lv = measure_level(ep, level, prompts, warm, seed, slo, duration_s)
-        done.append(lv)
-        if on_level:
-            on_level(lv)
+    with _progress(progress) as bar:
+        for level in levels:
+            task = bar.add_task(f"level {level.name}", total=None if duration_s else len(prompts)) if bar else None
+            tick = (lambda _r, t=task: bar.advance(t)) if bar else None
+            lv = measure_level(ep, level, prompts, warm, seed, slo, duration_s, tick)
+            done.append(lv)
+            if on_level:
+                on_level(lv)
     info = {"tool": "slm bench", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "url": ep.base_url, "api": ep.api, "dataset": dataset, "num_requests": num_requests,
             "duration_s": duration_s, "input_len": input_len if dataset == "random" else None,
@@ -59,6 +63,17 @@ def run(ep: Endpoint, levels: list[Level], *, dataset: str, num_requests: int | 
     results.save(doc, out_dir)
     write_plots(doc, out_dir)
     return doc
+
+
+def _progress(enabled: bool):
+    """A rich progress bar per level (requests completed), or a no-op context."""
+    from contextlib import nullcontext
+
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
 def write_plots(doc: dict[str, Any], out_dir: Path) -> list[str]:
