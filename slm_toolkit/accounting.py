@@ -8,7 +8,10 @@ Peak memory: on CUDA, `torch.cuda.max_memory_allocated` (reset at start). On the
 process's resident set size (RSS), read from /proc/self/statm at every `sample()` (the trainer
 samples right after each forward and backward, where activations peak) and reported both as
 the peak RSS and as the peak above the RSS when accounting started (the training working set:
-activations, gradients, optimizer state). ru_maxrss cannot be reset, so it is only a fallback.
+activations, gradients, optimizer state), plus `activation_mb`, the largest growth of the RSS
+from just before a forward pass (`begin()`) to its peak. ru_maxrss cannot be reset, so it is
+only a fallback. For RSS to follow freed tensors, glibc must not keep freed blocks: set
+MALLOC_MMAP_THRESHOLD_=65536 in the environment when measuring (the benchmarks do).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class Accountant:
     _t0: float = field(default_factory=time.perf_counter)
     _rss0: int = field(default_factory=rss_bytes)
     _rss_peak: int = 0
+    _rss_before: int = 0
+    _act_peak: int = 0  # largest RSS growth from just before a forward pass to its peak
 
     def __post_init__(self) -> None:
         self._rss_peak = self._rss0
@@ -66,9 +71,16 @@ class Accountant:
 
             torch.cuda.reset_peak_memory_stats()
 
+    def begin(self) -> None:
+        """Call just before a forward pass: activation memory is measured from here."""
+        self._rss_before = rss_bytes()
+
     def sample(self) -> None:
         """Record the current memory (call where activations peak)."""
-        self._rss_peak = max(self._rss_peak, rss_bytes())
+        now = rss_bytes()
+        self._rss_peak = max(self._rss_peak, now)
+        if self._rss_before:
+            self._act_peak = max(self._act_peak, now - self._rss_before)
 
     def elapsed(self) -> float:
         return self.wall_time_s + time.perf_counter() - self._t0
@@ -107,7 +119,8 @@ class Accountant:
     def memory(self) -> dict[str, float]:
         self.sample()
         mb = 1024.0 * 1024.0
-        out = {"peak_rss_mb": self._rss_peak / mb, "peak_memory_mb": (self._rss_peak - self._rss0) / mb}
+        out = {"peak_rss_mb": self._rss_peak / mb, "peak_memory_mb": (self._rss_peak - self._rss0) / mb,
+               "activation_mb": self._act_peak / mb}
         if self.device.startswith("cuda"):
             import torch
 

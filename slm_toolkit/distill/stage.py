@@ -23,7 +23,9 @@ from slm_toolkit.distill.config import DistillConfig
 from slm_toolkit.distill.masks import segment_weight_table
 from slm_toolkit.distill import onpolicy
 from slm_toolkit.distill.teacher_cache import cache_folder, fill_cache, open_cache, tokenizer_hash
-from slm_toolkit.distill.trainer import LossSettings, TrainSettings, init_distributed, shared_vocab, tail_mean, train
+from slm_toolkit.distill.trainer import (
+    LossSettings, TrainSettings, full_model_state, init_distributed, shared_vocab, tail_mean, train,
+)
 from slm_toolkit.stage import StageInput, StageOutput
 
 
@@ -92,8 +94,9 @@ def run(cfg: DistillConfig, inp: StageInput) -> StageOutput:
     metrics = sum_over_processes(acc.metrics(), n_proc)
     metrics |= {"final_loss": tail_mean(result["history"]), "steps": float(len(result["history"])),
                 "student_parameters": float(acc.student_params), "teacher_parameters": float(acc.teacher_params)}
+    state = full_model_state(student)  # gathers FSDP shards (every rank takes part)
     if rank == 0:
-        student.save_pretrained(inp.workdir, safe_serialization=True)
+        student.save_pretrained(inp.workdir, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(inp.workdir)
         shutil.rmtree(inp.workdir / "checkpoints", ignore_errors=True)
         write_meta(inp.workdir, kind="hf", stage="distill", parent=str(student_path), teacher=str(teacher_path),

@@ -143,6 +143,13 @@ def _state_dicts(model, opt):
     return get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def full_model_state(model) -> dict:
+    """The whole model's state dict on rank 0 (a collective under FSDP: call on every rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def save_checkpoint(folder: Path, model, opt, extra: dict) -> None:
     msd, osd = _state_dicts(model, opt)
     rank, _ = world()
@@ -264,6 +271,7 @@ def _one_step(module, step: Step, opt, s: TrainSettings, acc: Accountant, device
     for i, mb in enumerate(micro):
         sync = i == len(micro) - 1 or not hasattr(module, "no_sync")
         with contextlib.nullcontext() if sync else module.no_sync():
+            acc.begin()
             with _autocast(device):
                 targets = (cache.targets(mb.cache_keys, mb.rows, mb.cols) if cache is not None and not step_online(step)
                            else teacher_targets(teacher, mb, device))
