@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import time
@@ -16,9 +17,13 @@ ROW_KEYS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_m
 TARGET_MODEL, TARGET_C = "llama134m", 16
 
 
+def _num(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def row(lv: dict, server: str, scheduler: str, backend: str, model: str, c: int) -> dict:
     return {"server": server, "scheduler": scheduler, "backend": backend, "model": model, "concurrency": c,
-            **{k: lv.get(k) for k in ROW_KEYS}}
+            **{k: _num(lv.get(k)) for k in ROW_KEYS}}
 
 
 def static_rows(res: dict, model: str) -> list[dict]:
@@ -124,11 +129,14 @@ def markdown(doc: dict) -> str:
     lines += ["", "## All rows", "", "| model | server | scheduler | backend | c | out tok/s | TTFT med ms | "
               "TTFT p99 ms | TPOT med ms | E2E med ms | ok/failed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
-        lines.append(f"| {r['model']} | {r['server']} | {r['scheduler']} | {r['backend']} | {r['concurrency']} | "
+        star = " †" if r.get("usage_missing") else ""
+        lines.append(f"| {r['model']} | {r['server']}{star} | {r['scheduler']} | {r['backend']} | {r['concurrency']} | "
                      f"{_f(r['output_throughput'])} | {_f(r['median_ttft_ms'])} | {_f(r['p99_ttft_ms'])} | "
                      f"{_f(r['median_tpot_ms'], '.2f')} | {_f(r.get('median_e2el_ms'), '.0f')} | "
                      f"{r.get('completed', '—')}/{r.get('failed', '—')} |")
-    lines += ["", f"HTTP overhead per request (server E2E at concurrency 1 − the same generation in-process, "
+    lines += ["", "† no `usage` from the server: output tokens re-tokenized from the streamed text; it streams "
+              "whole words, so its first chunk (TTFT) comes a few tokens late, as its users see it.",
+              "", f"HTTP overhead per request (server E2E at concurrency 1 − the same generation in-process, "
               f"medians, ms): {json.dumps({k: round(v, 2) for k, v in doc['http_overhead_ms_by_model'].items()})}", "",
               "Idle server CPU (% of one core over "
               f"{s['idle_seconds']} s after start-up): "
@@ -153,7 +161,9 @@ def plot(doc: dict, out: Path) -> None:
                     {**r, "name": f"c{r['concurrency']}"})
         if series:
             name = "latency_throughput.png" if model == TARGET_MODEL else f"latency_throughput_{model}.png"
-            plots.latency_throughput(series, out / name)
+            static = {f"in-process static batch {r['concurrency']}": r["output_throughput"] for r in doc["rows"]
+                      if r["model"] == model and r["server"] == "inprocess_static"}
+            plots.latency_throughput(series, out / name, static)
     levels = []
     for f in sorted((out / "raw").glob(f"{TARGET_MODEL}-*.json")):
         data = json.loads(f.read_text())

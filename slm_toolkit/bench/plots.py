@@ -15,8 +15,10 @@ def _plt():
     return plt
 
 
-def latency_throughput(series: dict[str, list[dict[str, Any]]], path: Path) -> Path:
-    """One line per series (label -> levels): median TPOT and p99 TTFT against output tok/s."""
+def latency_throughput(series: dict[str, list[dict[str, Any]]], path: Path,
+                       ceilings: dict[str, float] | None = None) -> Path:
+    """One line per series (label -> levels): median TPOT and p99 TTFT against output tok/s;
+    `ceilings` (label -> tok/s) are drawn as vertical lines (e.g. an in-process static batch)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for label, levels in series.items():
@@ -28,6 +30,9 @@ def latency_throughput(series: dict[str, list[dict[str, Any]]], path: Path) -> P
             for lv, xi, yi in zip(pts, x, y):
                 if yi is not None:
                     ax.annotate(lv["name"], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for i, (label, tput) in enumerate((ceilings or {}).items()):
+        for ax in axes:
+            ax.axvline(tput, color="gray", linestyle=("--", ":", "-.")[i % 3], label=label)
     for ax, title in zip(axes, ("median TPOT (ms)", "p99 TTFT (ms)")):
         ax.set_xlabel("output tokens/s")
         ax.set_ylabel(title)
