@@ -210,7 +210,7 @@ def _check_order(stages: list[StageEntry], model: str) -> list[str]:
         if kind not in spec.accepts:
             accepts = " or ".join(sorted(spec.accepts))
             lines.append(
-                f"{path}: takes a {accepts} artifact, but its input is {kind} (from {source})"
+                f"{path}: accepts {accepts} artifacts, but its input is {kind} (from {source})"
             )
             return lines
         try:
