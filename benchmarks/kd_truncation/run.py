@@ -82,7 +82,7 @@ def run_cell(c: dict, verify: int, seed: int, a, models: dict, data: dict) -> di
     from slm_toolkit.stage import StageInput
 
     teacher, student = models[verify]
-    bundle = data[verify]
+    bundle = data[verify, seed]
     with tempfile.TemporaryDirectory(prefix="kd_cell_") as tmp:
         workdir = Path(tmp) / "01-distill.tmp"
         workdir.mkdir()
@@ -122,9 +122,10 @@ def prepare(a) -> tuple[dict, dict]:
             teacher = builtin_model("arith-teacher", task=task, steps=a.teacher_steps)
             student = builtin_model("arith-student", task=task, steps=a.student_steps)
         models[v] = (teacher, student)
-        train = generate_examples(a.steps * a.batch_size, seed=11, **task)
-        evals = generate_examples(a.n_eval, seed=22, **task)
-        data[v] = DataBundle(train=train, eval=evals, source="builtin:arith-cot", options={"task": task})
+        evals = generate_examples(a.n_eval, seed=22, **task)  # the same held-out problems for every cell
+        for s in range(a.seeds):  # each seed distills on its own training problems
+            train = generate_examples(a.steps * a.batch_size, seed=11 + 1000 * s, **task)
+            data[v, s] = DataBundle(train=train, eval=evals, source="builtin:arith-cot", options={"task": task})
     return models, data
 
 
@@ -138,7 +139,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=100, help="optimizer steps per cell")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--top-k", type=int, default=8)
     p.add_argument("--n-eval", type=int, default=200)
     p.add_argument("--task-steps", type=int, default=4)

@@ -14,6 +14,7 @@ cache was written with is refused with a clear error (never silently mixed).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -114,11 +115,23 @@ def fill_cache(
     shard_sequences: int = 4096,
     progress: bool = True,
 ) -> int:
-    """Compute and append the sequences not cached yet; returns the teacher tokens forwarded."""
+    """Compute and append the sequences not cached yet; returns the teacher tokens forwarded.
+    Holds an exclusive lock on the folder, so concurrent runs never write the same shard."""
+    if all(k in cache for k in sequences):
+        return 0
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    with open(cache.folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (cache.folder / META).exists():  # another run may have added shards meanwhile
+            cache.__init__(cache.folder, json.loads((cache.folder / META).read_text()))
+        return _fill_locked(cache, teacher, sequences, vocab=vocab, pad_id=pad_id, device=device,
+                            batch_size=batch_size, shard_sequences=shard_sequences, progress=progress)
+
+
+def _fill_locked(cache, teacher, sequences, *, vocab, pad_id, device, batch_size, shard_sequences, progress) -> int:
     missing = sorted((k for k in sequences if k not in cache), key=lambda k: len(sequences[k]))
     if not missing:
         return 0
-    cache.folder.mkdir(parents=True, exist_ok=True)
     forwarded = 0
     from tqdm.auto import tqdm
 

@@ -35,7 +35,7 @@ def test_cache_holds_the_exact_top_k_and_is_reused(teacher, tmp_path):
     seqs = _seqs(7)
     forwarded = fill_cache(cache, model, seqs, vocab=vocab, pad_id=0, batch_size=3, shard_sequences=4, progress=False)
     assert forwarded >= sum(len(s) for s in seqs.values())
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["meta.json", "shard-00000.safetensors",
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".lock", "meta.json", "shard-00000.safetensors",
                                                                      "shard-00001.safetensors"]
     key, ids = next(iter(seqs.items()))
     lp, ix = cache.sequence(key)
