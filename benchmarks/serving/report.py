@@ -51,12 +51,17 @@ def _find(rows, server, scheduler, backend, model=TARGET_MODEL, c=TARGET_C):
                  == (server, scheduler, backend, model, c) and r.get("completed")), None)
 
 
-def http_overhead(rows, inproc) -> dict[str, float]:
-    out = {}
+def http_overhead(rows, inproc) -> dict[str, dict[str, float]]:
+    """Per model and scheduler: our server's median E2E at concurrency 1 (torch) minus the median
+    of the same prompts generated in-process by the toolkit's runtime. The naive scheduler runs
+    exactly that generate call, so its difference is the HTTP/server cost alone; the continuous
+    scheduler's also includes its per-token step and streaming cost."""
+    out: dict[str, dict[str, float]] = {}
     for model, res in inproc.items():
-        srv = _find(rows, "slm", "continuous", "torch", model, 1)
-        if srv and res.get("single") and srv.get("median_e2el_ms") is not None:
-            out[model] = srv["median_e2el_ms"] - res["single"]["median_ms"]
+        for sched in ("naive", "continuous"):
+            srv = _find(rows, "slm", sched, "torch", model, 1)
+            if srv and res.get("single") and srv.get("median_e2el_ms") is not None:
+                out.setdefault(model, {})[sched] = srv["median_e2el_ms"] - res["single"]["median_ms"]
     return out
 
 
@@ -78,7 +83,10 @@ def targets(rows, overhead, idle) -> list[dict]:
         ("continuous / in-process static batch 16", ratio(cont, static), ">= 0.8", lambda v: v >= 0.8),
         ("continuous / best working transformers serve", ratio(cont, best_ts), ">= 3", lambda v: v >= 3),
         ("p99 TTFT / median TTFT (continuous)", p99_med, "<= 3", lambda v: v <= 3),
-        ("HTTP overhead per request (ms)", overhead.get(TARGET_MODEL), "<= 2", lambda v: v <= 2),
+        ("HTTP overhead per request, ms (naive: the same generate call)",
+         overhead.get(TARGET_MODEL, {}).get("naive"), "<= 2", lambda v: v <= 2),
+        ("server overhead per request, ms (continuous: per-token steps + streaming)",
+         overhead.get(TARGET_MODEL, {}).get("continuous"), "<= 2", lambda v: v <= 2),
         ("idle server CPU (% of a core, worst config)", idle_max, "< 2", lambda v: v < 2),
     ]
     return [{"target": t, "value": v, "goal": g, "met": (ok(v) if v is not None else None)} for t, v, g, ok in checks]
@@ -95,7 +103,7 @@ def build(rows, statuses, inproc, settings, wall_s) -> dict:
     return {"benchmark": "serving", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
             "environment": env, "wall_s": wall_s, "formulas": FORMULAS,
-            "http_overhead_ms": overhead.get(TARGET_MODEL, next(iter(overhead.values()), None)),
+            "http_overhead_ms": overhead.get(TARGET_MODEL, {}).get("naive"),
             "http_overhead_ms_by_model": overhead, "idle_cpu_percent": idle,
             "targets": targets(rows, overhead, idle), "servers": statuses, "inprocess": inproc, "rows": rows}
 
@@ -134,10 +142,12 @@ def markdown(doc: dict) -> str:
                      f"{_f(r['output_throughput'])} | {_f(r['median_ttft_ms'])} | {_f(r['p99_ttft_ms'])} | "
                      f"{_f(r['median_tpot_ms'], '.2f')} | {_f(r.get('median_e2el_ms'), '.0f')} | "
                      f"{r.get('completed', '—')}/{r.get('failed', '—')} |")
+    ovh = {m: {k: round(v, 2) for k, v in d.items()} for m, d in doc["http_overhead_ms_by_model"].items()}
     lines += ["", "† no `usage` from the server: output tokens re-tokenized from the streamed text; it streams "
               "whole words, so its first chunk (TTFT) comes a few tokens late, as its users see it.",
-              "", f"HTTP overhead per request (server E2E at concurrency 1 − the same generation in-process, "
-              f"medians, ms): {json.dumps({k: round(v, 2) for k, v in doc['http_overhead_ms_by_model'].items()})}", "",
+              "", "Overhead per request (our server's median E2E at concurrency 1, torch, minus the same prompts "
+              "generated in-process by the toolkit's runtime, batch 1; ms; `naive` runs exactly that generate call, "
+              f"`continuous` adds its per-token steps and streaming): {json.dumps(ovh)}", "",
               "Idle server CPU (% of one core over "
               f"{s['idle_seconds']} s after start-up): "
               + json.dumps({k: round(v, 2) for k, v in doc["idle_cpu_percent"].items()}), "", "## Server status", ""]
