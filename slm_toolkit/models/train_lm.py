@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from slm_toolkit.data.example import PROMPT, TokenizedExample
+from slm_toolkit.data.example import TokenizedExample
 
 IGNORE = -100
 
 
-def pack(sequences: Sequence[TokenizedExample], pad_id: int, skip_segments: Iterable[int] = (PROMPT,)):
+def pack(sequences: Sequence[TokenizedExample], pad_id: int, skip_segments: Iterable[int] = ()):
     """Pad every sequence to the longest one; return (input_ids, attention_mask, labels, lengths).
 
-    Labels are the ids themselves (the model shifts them) with padding and `skip_segments`
-    (by default the prompt, which the model reads but is not asked to predict) set to -100.
+    Labels are the ids themselves (the model shifts them) with padding and tokens of
+    `skip_segments` (e.g. {PROMPT}: read but not predicted) set to -100.
     """
     import torch
 
@@ -51,16 +51,19 @@ def train_causal_lm(
     clip: float = 1.0,
     progress: bool = True,
     desc: str = "train",
+    skip_segments: Iterable[int] = (),
 ) -> list[float]:
     """Train `model` in place for `steps` AdamW steps (cosine schedule) on random batches.
 
+    Every token is predicted (a base language model: the prompt too, so that per-segment
+    perplexity and prompt distillation mean something) unless its segment is in `skip_segments`.
     Returns the loss of every step. Deterministic for a given seed and thread count.
     """
     import torch
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    ids, mask, labels, lengths = pack(sequences, pad_id)
+    ids, mask, labels, lengths = pack(sequences, pad_id, skip_segments)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(warmup * steps), steps)
