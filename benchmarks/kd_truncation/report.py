@@ -28,8 +28,9 @@ def summarize(rows: list[dict]) -> list[dict]:
     base = {}
     for (v, proto, sup, f, fb, t), rs in groups.items():
         if proto == "paper (head)" and sup == "P+CoT+A" and f == 1.0:
-            base[v] = {k: statistics.fmean(x[k] for x in rs)
-                       for k in ("accuracy", "wall_time_s", "peak_memory_mb", "activation_mb", "flops", "step_time_s")}
+            base[v] = {k: statistics.fmean(x.get(k, float("nan")) for x in rs)
+                       for k in ("accuracy", "wall_time_s", "cpu_time_s", "peak_memory_mb", "activation_mb", "flops",
+                                 "step_time_s")}
     out = []
     for (v, proto, sup, f, fb, t), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
         acc, acc_sd = _mean_sd([r["accuracy"] for r in rs])
@@ -38,9 +39,9 @@ def summarize(rows: list[dict]) -> list[dict]:
                    answer_rate=statistics.fmean(r["answer_rate"] for r in rs),
                    step_time_s=statistics.fmean(r["step_time_s"] for r in rs))
         b = base.get(v)
-        for k, name in (("wall_time_s", "time"), ("peak_memory_mb", "memory"), ("activation_mb", "activation"),
+        for k, name in (("wall_time_s", "time"), ("cpu_time_s", "cpu"), ("peak_memory_mb", "memory"), ("activation_mb", "activation"),
                         ("flops", "flops")):
-            mean = statistics.fmean(r[k] for r in rs)
+            mean = statistics.fmean(r.get(k, float("nan")) for r in rs)
             row[f"{name}_ratio"] = mean / b[k] if b and b[k] > 0 else float("nan")
         row["retention"] = acc / b["accuracy"] if b and b["accuracy"] > 0 else float("nan")
         # spread of retention from the seeds' accuracies (baseline mean held fixed)
@@ -51,13 +52,14 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def _table(summary: list[dict]) -> list[str]:
     lines = ["| verify | protocol | supervise | kept | full batches | teacher | accuracy (mean ± sd) | answer rate "
-             "| retention | time × | peak mem × | activation mem × | FLOPs × | n |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| retention | wall time × | CPU time × | peak mem × | activation mem × | FLOPs × | n |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         lines.append(
             f"| {s['verify']} | {s['protocol']} | {s['supervise']} | {s['fraction']:.0%} | {s['full_batches']:g} "
             f"| {s['teacher']} | {s['accuracy']:.3f} ± {s['accuracy_sd']:.3f} | {s['answer_rate']:.2f} "
-            f"| {s['retention']:.0%} ± {s['retention_sd']:.0%} | {s['time_ratio']:.2f} | {s['memory_ratio']:.2f} "
+            f"| {s['retention']:.0%} ± {s['retention_sd']:.0%} | {s['time_ratio']:.2f} | {s['cpu_ratio']:.2f} "
+            f"| {s['memory_ratio']:.2f} "
             f"| {s['activation_ratio']:.2f} | {s['flops_ratio']:.2f} | {s['n']} |")
     return lines
 

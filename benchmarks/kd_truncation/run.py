@@ -101,6 +101,7 @@ def run_cell(c: dict, verify: int, seed: int, a, models: dict, data: dict) -> di
         supervise=c["supervise"], fraction=c["fraction"], mode=c["mode"], full_batches=c["full_batches"],
         teacher=c["teacher"], verify=verify, seed=seed, accuracy=q["accuracy"], answer_rate=q["answer_rate"],
         wall_time_s=out.timings["train_s"], step_time_s=out.timings["train_s"] / max(m["steps"], 1),
+        cpu_time_s=out.timings["train_cpu_s"],
         peak_memory_mb=m["peak_memory_mb"], activation_mb=m["activation_mb"], flops=flops, tokens=tokens,
         tokens_supervised=m["tokens_supervised"], final_loss=m["final_loss"],
         examples_without_supervision=m["examples_without_supervision"],

@@ -85,10 +85,10 @@ def run(cfg: DistillConfig, inp: StageInput) -> StageOutput:
     sampler = None
     if cfg.on_policy.fraction > 0:
         sampler = on_policy_sampler(student, tokenizer, examples, cfg, weights, inp.seed, pad_id, rank, n_proc, acc)
-    t_train = time.perf_counter()
+    t_train, c_train = time.perf_counter(), time.process_time()
     result = train(student, steps, settings, workdir=inp.workdir, acc=acc, device=inp.device,
                    fsdp=tr.fsdp, cache=cache, teacher=teacher, on_policy=sampler)
-    train_s = time.perf_counter() - t_train
+    train_s, train_cpu_s = time.perf_counter() - t_train, time.process_time() - c_train
 
     # -- save (rank 0): the student as a Hugging Face folder, which is this stage's artifact
     metrics = sum_over_processes(acc.metrics(), n_proc)
@@ -101,7 +101,7 @@ def run(cfg: DistillConfig, inp: StageInput) -> StageOutput:
         shutil.rmtree(inp.workdir / "checkpoints", ignore_errors=True)
         write_meta(inp.workdir, kind="hf", stage="distill", parent=str(student_path), teacher=str(teacher_path),
                    metrics=metrics, config=cfg.model_dump())
-    timings = {"train_s": train_s, "total_s": time.perf_counter() - t_start}
+    timings = {"train_s": train_s, "train_cpu_s": train_cpu_s, "total_s": time.perf_counter() - t_start}
     return StageOutput(artifact=inp.workdir, metrics=metrics, timings=timings,
                        extra={"report_md": report_md(cfg, metrics)})
 
