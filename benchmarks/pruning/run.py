@@ -50,6 +50,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--distill-epochs", type=int, default=2, help="epochs distilling the unpruned student")
     p.add_argument("--heal-epochs", type=int, default=1)
     p.add_argument("--heal-limit", type=int, default=8000, help="training examples used for healing (default: all)")
+    p.add_argument("--long-heal-epochs", type=int, default=2,
+                   help="a second, longer healing of every pruned model over all training examples (0: skip)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--rounds", type=int, default=15, help="latency rounds (one run per model per round)")
     p.add_argument("--new-tokens", type=int, default=64)
@@ -206,6 +208,18 @@ def main() -> None:
             state_path.write_text(json.dumps(state, indent=1))
             print(f"[{time.strftime('%H:%M:%S')}] {key}: pruned {state[key]['accuracy_pruned']:.3f} "
                   f"healed {state[key]['accuracy_healed']:.3f}", flush=True)
+    for key, row in state.items():  # the longer healing budget (the unpruned student's own: all data)
+        if "/" not in key or "accuracy_healed_long" in row or not a.long_heal_epochs:
+            continue
+        cell = a.work / key.replace("/", "-")
+        long_cfg = distill_config(cell / "prune", a.long_heal_epochs, None, a.lr, a.truncate)
+        if not (cell / "heal-long" / "slm_meta.json").is_file():
+            from slm_toolkit.distill.stage import run as distill_run
+
+            distill_run(long_cfg, stage_input(cell / "prune", teacher, data, cell / "heal-long"))
+        row["accuracy_healed_long"] = accuracy(cell / "heal-long", data)
+        state_path.write_text(json.dumps(state, indent=1))
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: long heal {row['accuracy_healed_long']:.3f}", flush=True)
     from slm_toolkit.data.segments import prompt_ids
     from slm_toolkit.models.load import load_tokenizer
 
@@ -233,6 +247,8 @@ def assemble(state: dict, lat: dict, a, wall_s: float, teacher: Path, base: Path
         row = dict(r)
         row["retention"] = r["accuracy_healed"] / base_acc if base_acc else 0.0
         row["retention_pruned"] = r["accuracy_pruned"] / base_acc if base_acc else 0.0
+        if "accuracy_healed_long" in r:
+            row["retention_long"] = r["accuracy_healed_long"] / base_acc if base_acc else 0.0
         row["latency_ms"] = lat[key]["ms_median"]
         row["latency_iqr_ms"] = lat[key]["ms_iqr"]
         row["speedup"] = base_ms / lat[key]["ms_median"]
@@ -249,7 +265,7 @@ def assemble(state: dict, lat: dict, a, wall_s: float, teacher: Path, base: Path
         "rows": rows,
         "conditions": {"smoke": a.smoke, "train": a.train, "eval": a.eval, "calibration_samples": a.calib,
                        "heal_epochs": a.heal_epochs, "heal_limit": a.heal_limit,
-                       "distill_epochs": a.distill_epochs, "truncate": a.truncate, "lr": a.lr, "latency_rounds": a.rounds,
+                       "distill_epochs": a.distill_epochs, "long_heal_epochs": a.long_heal_epochs, "truncate": a.truncate, "lr": a.lr, "latency_rounds": a.rounds,
                        "latency_new_tokens": a.new_tokens, "torch_threads": a.threads,
                        "builtin_steps": a.builtin_steps, "teacher": str(teacher), "student_base": str(base),
                        "teacher_meta": _builtin_meta(teacher), "student_base_meta": _builtin_meta(base),

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from slm_toolkit.prune.importance import CalibBatch
 
@@ -43,7 +44,7 @@ def block_distances(model: nn.Module, batches: Sequence[CalibBatch]) -> list[flo
 
     handles = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
     try:
-        for batch in batches:
+        for batch in tqdm(batches, desc="prune: block distances", unit="batch", leave=False):
             state["mask"] = batch.token_mask
             count += int(batch.token_mask.sum())
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)

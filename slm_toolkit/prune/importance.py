@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from slm_toolkit.data.example import TEMPLATE, Example
 
@@ -93,7 +94,7 @@ def taylor_scores(model: nn.Module, batches: Sequence[CalibBatch],
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in weights.items()}
     was_training = model.training
     model.eval()
-    for batch in batches:
+    for batch in tqdm(batches, desc="prune: taylor importance", unit="batch", leave=False):
         model.zero_grad(set_to_none=True)
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels,
                     use_cache=False)
@@ -124,7 +125,7 @@ def input_norms(model: nn.Module, batches: Sequence[CalibBatch]) -> dict[str, to
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     try:
-        for batch in batches:
+        for batch in tqdm(batches, desc="prune: activation norms", unit="batch", leave=False):
             current["mask"] = batch.token_mask.float()
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     finally:
