@@ -92,7 +92,9 @@ def open_pair(src: Path, dst: Path, kind: str, device: str) -> tuple[Any, Any]:
     from slm_toolkit.runtime.loader import load_generator
     from slm_toolkit.runtime.torch import TorchGenerator
 
-    reference = TorchGenerator.from_folder(src, device=device)
+    import torch
+
+    reference = TorchGenerator.from_folder(src, device=device, dtype=torch.float32)  # what optimum exports
     ort_device = "cpu"  # the CPU onnxruntime is what is installed; onnxruntime-gpu users get CUDA below
     if kind == "onnx" and device.startswith("cuda"):
         import onnxruntime as ort

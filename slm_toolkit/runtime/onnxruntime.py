@@ -138,6 +138,9 @@ class OrtGenerator:
         self.max_length = int(config.get("max_position_embeddings") or 2048)
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        if not self.past_names or "input_ids" not in inputs:
+            raise ValueError(f"the ONNX model's inputs {sorted(inputs)} are not a decoder with KV cache: "
+                             "export it with task text-generation-with-past (`export: {format: onnx}`)")
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         self.has_positions = "position_ids" in inputs
         first = inputs[self.past_names[0]]

@@ -269,8 +269,9 @@ class FusedOrtGenerator:
     """Generator over the GroupQueryAttention graph (same protocol as OrtGenerator)."""
 
     backend = "onnxruntime"
+    capacity_step = 64  # cache buffers grow by this many positions
 
-    def __init__(self, session: Any, config: dict, generation_config: dict | None = None):
+    def __init__(self, session: Any, config: dict, generation_config: dict | None = None, share_buffer: bool = True):
         gen = generation_config or {}
         self.session = session
         self._eos_all = stop_id_set(gen.get("eos_token_id", config.get("eos_token_id")))
@@ -288,6 +289,7 @@ class FusedOrtGenerator:
         self.head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
         self.cache_dtype = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
         self.sliced = True
+        self.share_buffer = share_buffer
 
     def _run(self, ids: np.ndarray, lengths: np.ndarray, past: list[Any], index: np.ndarray):
         total = int(lengths.max())
@@ -298,6 +300,17 @@ class FusedOrtGenerator:
         if "position_ids" in self.input_names:  # unused by the rewritten graph, still declared
             io.bind_cpu_input("position_ids", np.zeros_like(ids))
         io.bind_cpu_input(LOGITS_INDEX, index)
+        if self.share_buffer:  # the cache is one buffer per layer that GroupQueryAttention appends to in place
+            import onnxruntime as ort
+
+            past = self._room(past, total)
+            io.bind_output("logits", "cpu")  # first: get_outputs() follows the binding order
+            for name, out, buf in zip(self.past_names, self.present_names, past):
+                value = ort.OrtValue.ortvalue_from_numpy(buf)  # wraps the numpy memory, no copy
+                io.bind_ortvalue_input(name, value)
+                io.bind_ortvalue_output(out, value)
+            self.session.run_with_iobinding(io)
+            return io.get_outputs()[0].numpy(), past
         for name, value in zip(self.past_names, past):
             (io.bind_cpu_input if isinstance(value, np.ndarray) else io.bind_ortvalue_input)(name, value)
         io.bind_output("logits", "cpu")
@@ -306,6 +319,20 @@ class FusedOrtGenerator:
         self.session.run_with_iobinding(io)
         outs = io.get_outputs()
         return outs[0].numpy(), list(outs[1:])
+
+    def _room(self, past: list[Any], total: int) -> list[np.ndarray]:
+        """Buffers with capacity for `total` positions (grown by copying, in steps of 64, rarely)."""
+        past = [_np(p) for p in past]
+        if past[0].shape[2] >= total:
+            return past
+        step = self.capacity_step
+        cap = min(max(self.max_length, total), step * ((total + 2 * step - 1) // step))
+        grown = []
+        for p in past:
+            buf = np.zeros((p.shape[0], p.shape[1], cap, p.shape[3]), dtype=p.dtype)
+            buf[:, :, : p.shape[2]] = p
+            grown.append(buf)
+        return grown
 
     def prefill(self, input_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, FusedState]:
         if any(len(r) == 0 for r in input_ids):
@@ -333,7 +360,7 @@ class FusedOrtGenerator:
         return generate(self, input_ids, config)
 
     def merge(self, states: Sequence[FusedState]) -> FusedState:
-        width = max(int(s.lengths.max()) for s in states)
+        width = max(max(int(s.lengths.max()), _np(s.past[0]).shape[2]) for s in states)
         past = []
         for i in range(len(self.past_names)):
             parts = [_np(s.past[i]) for s in states]
@@ -343,7 +370,7 @@ class FusedOrtGenerator:
     def select(self, state: FusedState, keep: Sequence[int]) -> FusedState:
         idx = np.asarray(list(keep), dtype=np.int64)
         lengths = state.lengths[idx]
-        width = int(lengths.max()) if len(idx) else 0
+        width = _np(state.past[0]).shape[2] if self.share_buffer else (int(lengths.max()) if len(idx) else 0)
         return FusedState([np.ascontiguousarray(_np(p)[idx][:, :, :width]) for p in state.past], lengths)
 
     def score(self, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]) -> list[float]:

@@ -130,3 +130,24 @@ def test_quantized_variants_load_and_stay_close(pair, tmp_path, scheme):
         assert out == single
     else:  # per-tensor activation scales see the batch's padding: nearly always the same tokens
         assert np.mean([a == b for a, b in zip(out, single)]) >= 0.5
+
+
+def test_fused_cache_buffers_grow_and_match_the_copying_path(pair):
+    import onnxruntime as ort
+
+    from slm_toolkit.runtime.onnxruntime import _read_json, session_options
+    from slm_toolkit.runtime.ort_fused import fused_graph
+
+    _, _, onnx = pair
+    config = _read_json(onnx / "config.json")
+    graph = fused_graph(onnx / "model.onnx", config)
+    if graph is None or load_generator(onnx, threads=1).head_dim % 16:
+        pytest.skip("this model runs the plain graph")
+    session = ort.InferenceSession(graph, session_options(1))
+    shared = FusedOrtGenerator(session, config)
+    shared.capacity_step = 1  # grow (by copying) on every step
+    copying = FusedOrtGenerator(session, config, share_buffer=False)
+    long = GenerationConfig(max_new_tokens=20, ignore_eos=True)
+    assert shared.generate(PROMPTS, long) == copying.generate(PROMPTS, long)
+    _, state = shared.prefill(PROMPTS[:1])
+    assert state.past[0].shape[2] == len(PROMPTS[0]) + 1
