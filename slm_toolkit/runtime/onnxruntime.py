@@ -12,6 +12,7 @@ of its time on logits nobody reads). Benchmarks: benchmarks/inference/.
 from __future__ import annotations
 
 import json
+import logging
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,9 +273,16 @@ def load_onnx_generator(folder: Path, device: str = "cpu", threads: int | None =
     config = _read_json(folder / "config.json")
     if fused is not False and device == "cpu" and fusable(config) is None:
         graph = fused_graph(folder / "model.onnx", config)
-        if graph is not None:
-            session = ort.InferenceSession(graph, session_options(threads), providers=providers)
-            return FusedOrtGenerator(session, config, _read_json(folder / "generation_config.json"))
+        try:
+            if graph is not None:
+                session = ort.InferenceSession(graph, session_options(threads), providers=providers)
+                gen = FusedOrtGenerator(session, config, _read_json(folder / "generation_config.json"))
+                gen.prefill([[gen.pad_token_id] * 2])  # fail here, not in the middle of a request
+                return gen
+        except Exception as exc:  # an unforeseen graph shape: the plain graph always works
+            if fused:
+                raise
+            logging.getLogger(__name__).warning("fused ONNX graph unusable (%s); using the plain graph", exc)
     if fused:
         raise ValueError(f"{folder} cannot use the fused graph: {fusable(config) or 'its layers do not match'}")
     return OrtGenerator.from_folder(folder, device=device, threads=threads)
