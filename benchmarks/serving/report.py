@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -99,7 +100,7 @@ def build(rows, statuses, inproc, settings, wall_s) -> dict:
     idle = {s["config"]: s["idle_cpu_percent"] for s in statuses if "idle_cpu_percent" in s}
     overhead = http_overhead(rows, inproc)
     env = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-           "platform": platform.platform(), "cpu": _cpu_name()}
+           "platform": platform.platform(), "cpu": _cpu_name(), "cpus": os.cpu_count()}
     return {"benchmark": "serving", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
             "environment": env, "wall_s": wall_s, "formulas": FORMULAS,
@@ -115,6 +116,11 @@ def _cpu_name() -> str:
         return platform.processor()
 
 
+def _load(doc, key):
+    v = doc["environment"].get(key)
+    return "/".join(f"{x:.1f}" for x in v) if v else "?"
+
+
 def _f(v, spec=".1f"):
     return "—" if v is None else format(v, spec)
 
@@ -124,7 +130,9 @@ def markdown(doc: dict) -> str:
     lines = ["# Serving benchmark", "",
              f"Created {doc['created']} in {doc['wall_s'] / 60:.1f} min on {doc['environment']['cpu']} "
              f"(servers pinned to CPU {s['server_cpus']} with 1 thread, client on CPU {s['client_cpus']}); "
-             f"torch {doc['environment']['torch']}, transformers {doc['environment']['transformers']}.", "",
+             f"torch {doc['environment']['torch']}, transformers {doc['environment']['transformers']}. "
+             f"Load average (1, 5, 15 min) at start {_load(doc, 'loadavg_start')}, at the end "
+             f"{_load(doc, 'loadavg_end')} on {doc['environment'].get('cpus', '?')} CPUs.", "",
              f"Closed loop, chat API, random prompts of ≈{s['input_len']} tokens, {s['output_len']} output tokens "
              f"each (forced), greedy; measured requests per level: {s['requests']} (concurrency:count), "
              f"{s['warmup']} warm-up requests per server (before its first level) not counted.", ""]
@@ -190,6 +198,14 @@ def write(doc: dict, out: Path) -> None:
     write_text_atomic(out / "results.md", markdown(doc))
 
 
+def refresh(doc: dict) -> dict:
+    """Recompute the derived figures (overhead, targets) from rows and in-process timings."""
+    overhead = http_overhead(doc["rows"], doc["inprocess"])
+    doc.update(http_overhead_ms=overhead.get(TARGET_MODEL, {}).get("naive"), http_overhead_ms_by_model=overhead,
+               targets=targets(doc["rows"], overhead, doc["idle_cpu_percent"]))
+    return doc
+
+
 if __name__ == "__main__":
     d = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent
-    write(json.loads((d / "results.json").read_text()), d)
+    write(refresh(json.loads((d / "results.json").read_text())), d)

@@ -160,7 +160,7 @@ def main() -> None:
     raw_dir = a.out / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     rows, statuses, inproc = [], [], {}
-    started = time.time()
+    started, load_start = time.time(), os.getloadavg()
     for model_name in a.models.split(","):
         folder = getattr(models, model_name)(work)
         needs_onnx = any(b == "onnxruntime" for _, _, b in wanted)
@@ -183,6 +183,7 @@ def main() -> None:
             rows += r
             statuses.append(s)
     doc = report.build(rows, statuses, inproc, vars(a), time.time() - started)
+    doc["environment"]["loadavg_start"], doc["environment"]["loadavg_end"] = load_start, os.getloadavg()
     report.write(doc, a.out)
     print(f"wrote {a.out / 'results.json'} and results.md ({(time.time() - started) / 60:.1f} min)")
 
