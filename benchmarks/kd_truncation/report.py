@@ -137,7 +137,9 @@ def write_report(rows: list[dict], out: Path, args: dict) -> None:
     plot(summary, out / "retention_vs_cost.png")
     settings = {k: args.get(k) for k in ("groups", "verify", "seeds", "steps", "batch_size", "lr", "top_k",
                                           "n_eval", "task_steps", "teacher_steps", "student_steps")}
+    notes = out / "run_notes.md"  # hand-written: what was run, any reduction and why
     text = ["# kd_truncation results", "",
+            *([notes.read_text().strip(), ""] if notes.exists() else []),
             f"Settings of this run: `{settings}`; {len(rows)} cells.", "",
             "Retention = mean accuracy / mean accuracy of full-sequence KD (100%, P+CoT+A, offline teacher) at "
             "the same `verify`; ± is the seed-to-seed sd of accuracy divided by that baseline. Ratios (×) are "

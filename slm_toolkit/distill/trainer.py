@@ -195,11 +195,13 @@ def load_checkpoint(folder: Path, model, opt) -> dict:
 
 
 def find_checkpoint(workdir: Path, fingerprint: str) -> Path | None:
-    folder = workdir / "checkpoints" / "last"
-    if not (folder / "trainer.json").exists():
-        return None
-    info = json.loads((folder / "trainer.json").read_text())
-    return folder if info.get("fingerprint") == fingerprint else None
+    """The last complete checkpoint of this config (`last.old` if a crash hit the swap)."""
+    for name in ("last", "last.old"):
+        folder = workdir / "checkpoints" / name
+        if (folder / "trainer.json").exists():
+            info = json.loads((folder / "trainer.json").read_text())
+            return folder if info.get("fingerprint") == fingerprint else None
+    return None
 
 
 # -- the loop -----------------------------------------------------------------------------
