@@ -63,7 +63,10 @@ def run(cfg: QuantizeConfig, inp: StageInput) -> StageOutput:
     measure_s = time.perf_counter() - t1
 
     # save
-    write_meta(dst, kind=out_kind, stage="quantize", parent=str(src), scheme=cfg.scheme,
+    # On disk a torchao/bnb result is still a Hugging Face folder ("hf"); "hf-quantized" is the
+    # recipe-level kind that stops export/distill/prune after it (registry.HF_QUANTIZED).
+    disk_kind = "hf" if out_kind == "hf-quantized" else out_kind
+    write_meta(dst, kind=disk_kind, stage="quantize", parent=str(src), scheme=cfg.scheme,
                config=cfg.model_dump(), metrics=metrics)
     return StageOutput(
         artifact=dst,

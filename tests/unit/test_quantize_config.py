@@ -125,7 +125,7 @@ def test_export_or_distill_after_torch_quantization_is_a_recipe_error(tmp_path, 
         )
         with pytest.raises(RecipeError) as err:
             load_recipe(recipe, [])
-        assert f"{path}: takes a hf artifact, but its input is hf-quantized" in str(err.value)
+        assert f"{path}: accepts hf artifacts, but its input is hf-quantized" in str(err.value)
 
 
 def test_registry_uses_this_output_kind():
