@@ -86,6 +86,7 @@ def builtin_model(name: str, *, task: dict, seed: int = 0, progress: bool = True
     final = paths.cache_dir() / "builtin" / f"{name}-{recipe_hash(recipe)}"
     if (final / "slm_meta.json").is_file() and (final / "model.safetensors").is_file():
         return final
+    _remove_stale_temporaries(final)
     if progress:
         import sys
 
@@ -94,6 +95,17 @@ def builtin_model(name: str, *, task: dict, seed: int = 0, progress: bool = True
     with atomic_dir(final) as tmp:
         _train_into(recipe, tmp, progress)
     return final
+
+
+def _remove_stale_temporaries(final: Path, older_than_s: float = 3600.0) -> None:
+    """Remove temporary folders of `final` left by killed trainings (an hour old: not in use)."""
+    import shutil
+
+    if not final.parent.is_dir():
+        return
+    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+        if time.time() - tmp.stat().st_mtime > older_than_s:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_model(arch: dict[str, Any], tokenizer: Any, max_positions: int, seed: int) -> Any:

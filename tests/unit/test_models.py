@@ -166,13 +166,18 @@ def test_killed_training_leaves_no_cache_entry(small_training, monkeypatch):
     def crash(*a, **k):
         raise KeyboardInterrupt
 
+    import os
+
+    from slm_toolkit import paths
+
+    root = builtin.builtin_recipe("arith-student", {"steps": 1}, 3)
+    final = paths.cache_dir() / "builtin" / f"arith-student-{builtin.recipe_hash(root)}"
+    stale = final.parent / f".{final.name}.killed.tmp"  # what a SIGKILLed training leaves
+    stale.mkdir(parents=True)
+    os.utime(stale, (0, 0))
     monkeypatch.setattr(train_lm, "train_causal_lm", crash)
     with pytest.raises(KeyboardInterrupt):
         builtin.builtin_model("arith-student", task={"steps": 1}, steps=3, progress=False)
-    root = builtin.builtin_recipe("arith-student", {"steps": 1}, 3)
-    from slm_toolkit import paths
-
-    final = paths.cache_dir() / "builtin" / f"arith-student-{builtin.recipe_hash(root)}"
     assert not final.exists()
     assert not [p for p in final.parent.iterdir() if p.name.startswith(f".{final.name}")]
 
