@@ -36,11 +36,20 @@ def markdown(r: dict) -> str:
         hit = _best_retention(row) >= TARGET_RETENTION and row["speedup"] >= TARGET_SPEEDUP
         long_acc = f"{row['accuracy_healed_long']:.3f}" if "accuracy_healed_long" in row else "—"
         long_ret = f"{row['retention_long']:.2f}" if "retention_long" in row else "—"
+        if _long_failed(row):
+            long_acc, long_ret = "diverged†", "—"
+        elif "long_heal_diverged_at_lr" in row:
+            long_acc += "†"
         lines.append(
             f"| {row['config']} | {row['importance']} | {row['layers']}, {row['heads']}/{row['kv_heads']}, "
             f"{row['intermediate_size']} | {row['params']:,} ({row['params'] / row['params_unpruned']:.0%}) | "
             f"{row['accuracy_pruned']:.3f} | {row['accuracy_healed']:.3f} | {row['retention']:.2f} | {long_acc} | "
             f"{long_ret} | {row['latency_ms']:.1f} ({row['latency_iqr_ms']:.1f}) | ×{row['speedup']:.2f}{' ✓' if hit else ''} |")
+    for x in (x for x in r["rows"] if "long_heal_diverged_at_lr" in x):
+        lines += ["", f"† {x['config']}/{x['importance']}: the long healing went to a NaN loss (the distill stage "
+                  "saved NaN weights without failing) at lr " + f"{r['conditions']['lr']:g}" + (
+                      f" and again at the one retry at lr {x['long_heal_lr']:g}; no long-healing figure for it."
+                      if _long_failed(x) else f"; the figure is from the one retry at lr {x['long_heal_lr']:g}.")]
     hits = [x for x in r["rows"] if _best_retention(x) >= TARGET_RETENTION and x["speedup"] >= TARGET_SPEEDUP]
     best = max(r["rows"], key=lambda x: (_best_retention(x) >= TARGET_RETENTION, x["speedup"]), default=None)
     lines += ["", f"**Target** (retention ≥ {TARGET_RETENTION} after healing and ≥ {TARGET_SPEEDUP}× faster decode): "
@@ -55,20 +64,29 @@ def markdown(r: dict) -> str:
               f"{c['torch_threads']} thread(s)), every model and the unpruned student in round-robin for "
               f"{c['latency_rounds']} rounds in one process; medians; speedup = unpruned ÷ pruned.",
               f"- Machine: {c['cpu_count']} CPUs ({c['machine']}), shared with other jobs while this ran "
-              f"(load average at the end {', '.join(f'{x:.1f}' for x in c['loadavg_at_end'])}); wall time "
-              f"{c['wall_s'] / 60:.1f} min; finished {c['finished_utc']} UTC.",
+              f"(load average at the end {', '.join(f'{x:.1f}' for x in c['loadavg_at_end'])}). The run resumes from "
+              f"its saved cells: started {c.get('started_utc') or '?'} UTC, the latency pass (last, "
+              f"{c['wall_s'] / 60:.1f} min of the final invocation) finished {c['finished_utc']} UTC. "
+              f"Teacher and base student: the cached builtin folders named in results.json (teacher held-out "
+              f"accuracy {((c.get('teacher_meta') or {}).get('metrics') or {}).get('accuracy', float('nan')):.3f}).",
               "- 'depth25' drops round(25% × 3) = 1 of the student's 3 layers (33%), chosen by block angular distance: "
               "the width criterion plays no part, so its three rows are the same model healed alike, and the spread "
               "of their speedups is the latency noise of this run. 'heads25' rounds 25% of the student's 2 KV heads "
               "to 1 group (50% of the attention heads).",
-              "- Each cell is one seed; with this eval size one problem is "
-              f"{1 / c['eval']:.3f} of accuracy, so differences of a few points between criteria are noise.",
+              f"- One seed per cell (one problem = {1 / c['eval']:.3f} of accuracy); the seed-to-seed spread of "
+              "healing was not measured, so small differences between criteria are not conclusive.",
               ""]
     return "\n".join(lines)
 
 
+def _long_failed(row: dict) -> bool:
+    import math
+
+    return "long_heal_final_loss" in row and not math.isfinite(row["long_heal_final_loss"])
+
+
 def _best_retention(row: dict) -> float:
-    return max(row["retention"], row.get("retention_long", 0.0))
+    return max(row["retention"], 0.0 if _long_failed(row) else row.get("retention_long", 0.0))
 
 
 def _heal(c: dict) -> str:
@@ -92,7 +110,7 @@ def plot(r: dict, path: Path) -> None:
     for x in r["rows"]:
         ax1.scatter(x["speedup"], x["retention"], marker=markers.get(x["importance"], "o"), color=colors[x["config"]],
                     s=60, label=f"{x['config']} / {x['importance']}")
-        if "retention_long" in x:  # hollow: the same model after the long healing
+        if "retention_long" in x and not _long_failed(x):  # hollow: the same model after the long healing
             ax1.scatter(x["speedup"], x["retention_long"], marker=markers.get(x["importance"], "o"), s=60,
                         facecolors="none", edgecolors=colors[x["config"]])
     ax1.axhline(TARGET_RETENTION, ls="--", c="gray")
@@ -105,7 +123,8 @@ def plot(r: dict, path: Path) -> None:
     pos = range(len(labels))
     ax2.bar([p - 0.27 for p in pos], [x["accuracy_pruned"] for x in r["rows"]], 0.27, label="right after pruning")
     ax2.bar(list(pos), [x["accuracy_healed"] for x in r["rows"]], 0.27, label="after healing (short)")
-    ax2.bar([p + 0.27 for p in pos], [x.get("accuracy_healed_long", 0.0) for x in r["rows"]], 0.27,
+    ax2.bar([p + 0.27 for p in pos], [0.0 if _long_failed(x) else x.get("accuracy_healed_long", 0.0)
+                                      for x in r["rows"]], 0.27,
             label="after healing (long)")
     ax2.axhline(r["unpruned"]["accuracy"], c="k", ls="--", label="unpruned")
     ax2.set_xticks(list(pos), labels, rotation=60, fontsize=6, ha="right")

@@ -148,6 +148,30 @@ def prune_cell(name: str, criterion: str, unpruned: Path, teacher: Path, data, a
             "folder": str(healed.relative_to(HERE) if healed.is_relative_to(HERE) else healed)}
 
 
+def long_heal(cell: Path, teacher: Path, data, a) -> dict:
+    """Heal the cell's pruned model again with the long budget. A run whose loss went NaN (the distill
+    stage saves such weights without failing) is retried once at half the learning rate, and both
+    are recorded."""
+    import math
+
+    from slm_toolkit.artifacts import read_meta
+    from slm_toolkit.distill.stage import run as distill_run
+
+    out: dict = {}
+    for attempt, lr in enumerate((a.lr, a.lr / 2)):
+        folder = cell / ("heal-long" if attempt == 0 else "heal-long-retry")
+        if not (folder / "slm_meta.json").is_file():
+            cfg = distill_config(cell / "prune", a.long_heal_epochs, None, lr, a.truncate)
+            distill_run(cfg, stage_input(cell / "prune", teacher, data, folder))
+        loss = read_meta(folder)["metrics"]["final_loss"]
+        out |= {"long_heal_lr": lr, "long_heal_final_loss": loss}
+        if math.isfinite(loss):
+            break
+        out["long_heal_diverged_at_lr"] = lr
+    out["accuracy_healed_long"] = accuracy(folder, data)
+    return out
+
+
 def latency(folders: dict[str, Path], prompt: list[int], a) -> dict[str, dict]:
     """Round-robin batch-1 decode latency (shared decode_latency, one repeat per model per round)."""
     from slm_toolkit.evaluate.metrics import decode_latency
@@ -192,6 +216,7 @@ def main() -> None:
     unpruned = distill(base, teacher, data, a.work / "unpruned", a, heal=False)
     state_path = a.work / "rows.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    state.setdefault("started_utc", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
     if "unpruned" not in state:
         state["unpruned"] = {"accuracy": accuracy(unpruned, data)}
         extra = distill(unpruned, teacher, data, a.work / "unpruned-extra-epoch", a)
@@ -209,17 +234,13 @@ def main() -> None:
             print(f"[{time.strftime('%H:%M:%S')}] {key}: pruned {state[key]['accuracy_pruned']:.3f} "
                   f"healed {state[key]['accuracy_healed']:.3f}", flush=True)
     for key, row in state.items():  # the longer healing budget (the unpruned student's own: all data)
-        if "/" not in key or "accuracy_healed_long" in row or not a.long_heal_epochs:
+        if "/" not in key or not a.long_heal_epochs or "long_heal_lr" in row:
             continue
         cell = a.work / key.replace("/", "-")
-        long_cfg = distill_config(cell / "prune", a.long_heal_epochs, None, a.lr, a.truncate)
-        if not (cell / "heal-long" / "slm_meta.json").is_file():
-            from slm_toolkit.distill.stage import run as distill_run
-
-            distill_run(long_cfg, stage_input(cell / "prune", teacher, data, cell / "heal-long"))
-        row["accuracy_healed_long"] = accuracy(cell / "heal-long", data)
+        row |= long_heal(cell, teacher, data, a)
         state_path.write_text(json.dumps(state, indent=1))
-        print(f"[{time.strftime('%H:%M:%S')}] {key}: long heal {row['accuracy_healed_long']:.3f}", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: long heal {row['accuracy_healed_long']:.3f} "
+              f"(lr {row['long_heal_lr']:g})", flush=True)
     from slm_toolkit.data.segments import prompt_ids
     from slm_toolkit.models.load import load_tokenizer
 
@@ -270,7 +291,7 @@ def assemble(state: dict, lat: dict, a, wall_s: float, teacher: Path, base: Path
                        "builtin_steps": a.builtin_steps, "teacher": str(teacher), "student_base": str(base),
                        "teacher_meta": _builtin_meta(teacher), "student_base_meta": _builtin_meta(base),
                        "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-                       "loadavg_at_end": list(load), "wall_s": wall_s,
+                       "loadavg_at_end": list(load), "wall_s": wall_s, "started_utc": state.get("started_utc"),
                        "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())},
     }
 
