@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import random
 import time
 import traceback
@@ -58,6 +59,16 @@ def stage_key(entry: StageEntry, input_hash: str, seed: int, data_id: str) -> st
     """What a stage's result depends on: a completed stage with the same key is reused."""
     cfg = entry.config.model_dump(mode="json")
     return _hash({"name": entry.name, "config": cfg, "input": input_hash, "seed": seed, "data": data_id})
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply the recipe's CPU thread count to torch (stages read it back for onnxruntime)."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["SLM_THREADS"] = str(threads)  # runtime.loader reads it for onnxruntime sessions
 
 
 def resolve_device(device: str) -> str:
@@ -149,6 +160,7 @@ def run(
     """Run every stage of `recipe`; return the run folder. Raises StageFailed on a stage error."""
     console = console or Console()
     device = resolve_device(recipe.device)
+    set_threads(recipe.threads)
     run_dir = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
     model = _resolve_model(recipe, console)  # before writing anything: a missing model leaves no folder
     run_dir.mkdir(parents=True, exist_ok=True)

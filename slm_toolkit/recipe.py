@@ -54,6 +54,16 @@ class RecipeHeader(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     run_dir: str | None = None
     trust_remote_code: bool = False
+    # CPU threads for torch and onnxruntime (null = one per core). Tiny models gain little from
+    # more threads, and on a busy machine extra threads spin and slow everything down.
+    threads: int | None = None
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1 (or null for one per core)")
+        return v
 
     @field_validator("name")
     @classmethod

@@ -42,6 +42,7 @@ CASES = [
     ("duplicate-top-key", GOOD + "name: u\n", [], "name: duplicate key", "line 5; first at line 1"),
     ("duplicate-nested-key", "name: t\nmodel: m\nstages:\n  - evaluate:\n      limit: 1\n      limit: 2\n",
      [], "stages[0].evaluate.limit: duplicate key", "line 6; first at line 5"),
+    ("threads-zero", GOOD + "threads: 0\n", [], "threads:", "must be >= 1"),
     ("missing-name", "model: m\nstages:\n  - evaluate: {}\n", [], "name:", "required key is missing"),
     ("missing-model", "name: t\nstages:\n  - evaluate: {}\n", [], "model:", "required key is missing"),
     ("missing-stages", "name: t\nmodel: m\n", [], "stages:", "required key is missing"),
