@@ -53,7 +53,10 @@ def markdown(rows, args) -> str:
     lines = ["# Inference benchmark", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores visible; "
              f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, {args.repeats} interleaved rounds "
-             "after a warm-up; median (p25–p75).", ""]
+             "after a warm-up; median (p25–p75). decode tok/s = batch × (N − 1) / (T(N tokens) − T(1 token)); "
+             "prefill ms = T(1 token), per-request set-up included. bound = batch × measured read bandwidth ÷ "
+             "weight bytes read per token (embedding rows excluded). Command: "
+             "`python benchmarks/inference/run.py` (see --help).", ""]
     if args.note:
         lines += [f"**Note:** {args.note}", ""]
     lines += targets(rows)

@@ -131,6 +131,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=HERE / "_work")
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--note", default="", help="a line for results.md (e.g. the machine was shared)")
+    p.add_argument("--append", action="store_true", help="merge into an existing results.json (run in parts)")
     p.add_argument("--small", action="store_true", help="smoke test: demo_student, 1 thread, few tokens")
     args = p.parse_args()
     if args.small:
@@ -139,9 +140,11 @@ def main() -> None:
         args.out = args.work / "small"
     args.threads = sorted(set(args.threads))
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = json.loads((args.out / "results.json").read_text()) if args.append else []
     for model in args.models:
-        rows += bench_model(model, args, args.work)
+        new = bench_model(model, args, args.work)
+        keys = {(r["model"], r["variant"], r["batch"], r["threads"]) for r in new}
+        rows = [r for r in rows if (r["model"], r["variant"], r["batch"], r["threads"]) not in keys] + new
         (args.out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     import report
 
