@@ -30,7 +30,7 @@ def check_safetensors(folder: Path) -> None:
 def _torch_dtype(dtype: Any) -> Any:
     import torch
 
-    if dtype is None or isinstance(dtype, torch.dtype):
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
         return dtype
     names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -56,10 +56,29 @@ def load_model(
     `dtype` is None (as saved), a torch dtype, or a name ("float32", "bf16", ...).
     Remote code runs only when `trust_remote_code=True` (the user opted in).
     """
+    path = Path(path)
+    return load_causal_lm(path, device, dtype, trust_remote_code), load_tokenizer(path, trust_remote_code)
+
+
+def load_causal_lm(path: Path | str, device: str = "cpu", dtype: Any = None,
+                   trust_remote_code: bool = False) -> Any:
+    """The model of a Hugging Face folder in eval mode on `device`, quantized folders included.
+
+    torchao folders are saved with torchao's own safetensors layout (transformers 4.57 would
+    pickle them) and bitsandbytes models are placed by device_map (they refuse `.to`): each is
+    reopened by its quantize backend, so every caller (runtime, evaluate, distill) gets them right.
+    """
     from transformers import AutoModelForCausalLM
+
+    from slm_toolkit.quantize.bnb import is_bnb_folder, load_bnb_model
+    from slm_toolkit.quantize.torchao_backend import is_torchao_folder, load_torchao_model
 
     path = Path(path)
     check_safetensors(path)
+    if is_torchao_folder(path):
+        return load_torchao_model(path, device)
+    if is_bnb_folder(path):
+        return load_bnb_model(path, device)
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=_torch_dtype(dtype),
@@ -68,5 +87,4 @@ def load_model(
     )
     if device != "cpu":
         model = model.to(device)
-    model.eval()
-    return model, load_tokenizer(path, trust_remote_code)
+    return model.eval()

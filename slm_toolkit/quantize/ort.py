@@ -154,7 +154,7 @@ def first_step_feeds(ids: Sequence[int], inputs: dict[str, tuple[Any, ...]]) -> 
     feeds = {k: v for k, v in feeds.items() if k in inputs}
     for name, (*dims, dtype) in inputs.items():
         if name.startswith("past_key_values"):  # [batch, kv heads, past length, head dim]
-            feeds[name] = np.zeros((1, dims[1], 0, dims[3]), dtype=dtype)
+            feeds[name] = np.zeros((1, dims[1], 0, dims[3] or 1), dtype=dtype)  # any head size fits an empty cache
     missing = set(inputs) - set(feeds)
     if missing:
         raise ValueError(f"cannot calibrate: the ONNX model has inputs we do not know how to feed: {sorted(missing)}")

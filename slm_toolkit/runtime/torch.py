@@ -78,15 +78,9 @@ class TorchGenerator:
     @classmethod
     def from_folder(cls, folder: Path, device: str = "cpu", dtype: torch.dtype | None = None,
                     trust_remote_code: bool = False) -> "TorchGenerator":
-        from transformers import AutoModelForCausalLM
+        from slm_toolkit.models.load import load_causal_lm
 
-        from slm_toolkit.models.load import check_safetensors
-
-        check_safetensors(Path(folder))
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype or "auto", use_safetensors=True, trust_remote_code=trust_remote_code
-        )
-        return cls(model.to(device))
+        return cls(load_causal_lm(Path(folder), device, dtype or "auto", trust_remote_code))
 
     # -- the protocol --------------------------------------------------------------------
     @torch.inference_mode()

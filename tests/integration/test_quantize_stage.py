@@ -91,6 +91,14 @@ def test_hf_schemes(scheme, hf_model, data, tmp_path):
     assert "model.safetensors" in names and not any(n.endswith((".bin", ".pt")) for n in names)
     qc = json.loads((out.artifact / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == ("torchao" if scheme.startswith("int8") else "bitsandbytes")
+    # evaluate, bench and serve open it through the runtime loader: it must work there too
+    from slm_toolkit.runtime.base import GenerationConfig
+    from slm_toolkit.runtime.loader import load_generator
+
+    gen = load_generator(out.artifact, backend="auto")
+    assert gen.backend == "torch"
+    new = gen.generate([[1, 7, 8, 9]], GenerationConfig(max_new_tokens=4, ignore_eos=True))
+    assert len(new) == 1 and len(new[0]) == 4
 
 
 @pytest.mark.parametrize("scheme", ["int8_weight_only", "int8_dynamic"])
