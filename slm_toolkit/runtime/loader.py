@@ -9,6 +9,8 @@ Backends are imported only when chosen, so asking for one never imports the othe
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,10 @@ def _check_backend(kind: str, backend: str, folder: Path) -> None:
 
 def load_generator(artifact: Path, backend: str = "auto", device: str = "cpu", threads: int | None = None,
                    trust_remote_code: bool = False) -> Any:
-    """Open `artifact` as a Generator (runtime/base.py). `threads` sets CPU intra-op threads."""
+    """Open `artifact` as a Generator (runtime/base.py). `threads` sets CPU intra-op threads
+    (default: $SLM_THREADS, which `slm run` sets from the recipe's `threads`, else one per core)."""
+    if threads is None and os.environ.get("SLM_THREADS", "").isdigit():
+        threads = int(os.environ["SLM_THREADS"])
     folder = Path(artifact)
     kind = detect_kind(folder)
     if backend != "auto":
