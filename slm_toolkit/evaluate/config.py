@@ -7,6 +7,8 @@
         limit: null              # use only the first N eval examples
         reference: null          # null = the recipe's `model`; or a path to a reference artifact
         backend: auto            # auto | torch | onnxruntime
+        model: null              # evaluate this model instead of the stage's input (a path or
+                                 # builtin:arith-student); the input passes through unchanged
 
 Pydantic only (no torch): `slm validate` imports this module.
 """
@@ -29,6 +31,14 @@ class EvaluateConfig(BaseModel):
     limit: int | None = None
     reference: str | None = None
     backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    model: str | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a path, a builtin:... name, or null (the stage's input)")
+        return v
 
     @field_validator("max_new_tokens", "limit")
     @classmethod

@@ -39,7 +39,7 @@ def run(cfg: EvaluateConfig, inp: StageInput) -> StageOutput:
     from slm_toolkit.runtime.loader import load_generator
 
     # setup
-    artifact = Path(inp.artifact or inp.model)
+    artifact = _target(cfg.model, inp)
     examples = inp.data.eval[: cfg.limit] if cfg.limit else list(inp.data.eval)
     if not examples:
         raise ValueError("evaluate: the eval data is empty")
@@ -101,6 +101,15 @@ def _parameters(model: Any, artifact: Path, kind: str) -> int:
     if kind == "onnx":
         return M.onnx_parameter_count(artifact)
     return int(read_meta(artifact).get("metrics", {}).get("params", 0))  # engines: from the lineage
+
+
+def _target(model: str | None, inp: StageInput) -> Path:
+    """The folder to evaluate: the stage's input, or the model the config names (e.g. the base student)."""
+    if model is None:
+        return Path(inp.artifact or inp.model)
+    from slm_toolkit.models.resolve import resolve_model
+
+    return resolve_model(model, task=inp.data.options.get("task", {}), seed=inp.seed)
 
 
 def _reference_folder(reference: str | None, model: Path) -> Path:

@@ -107,3 +107,13 @@ def test_onnx_artifact_is_evaluated_by_the_same_code(tmp_path, models):
     assert "ppl_cot" not in ort  # perplexity is measured on Hugging Face artifacts only
     assert abs(ort["params"] - hf["params"]) / hf["params"] < 0.05
     assert ort["retention"] == pytest.approx(hf["retention"])
+
+
+def test_model_key_evaluates_another_model_and_passes_the_input_through(tmp_path, models):
+    reference, student = models
+    inp = _input(tmp_path, reference, reference)
+    out = run(EvaluateConfig(latency_repeats=1, model=str(student)), inp)
+    direct = run(EvaluateConfig(latency_repeats=1), _input(tmp_path / "b", student, reference))
+    assert out.artifact == reference  # the pipeline's chain is unchanged
+    assert out.metrics["accuracy"] == direct.metrics["accuracy"]
+    assert out.metrics["params"] == direct.metrics["params"]
