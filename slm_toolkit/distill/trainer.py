@@ -289,12 +289,16 @@ def _one_step(module, step: Step, opt, s: TrainSettings, acc: Accountant, device
         acc.student_train_tokens += mb.tokens
         if cache is None or step_online(step):
             acc.teacher_tokens += mb.tokens
+    if n_proc > 1:
+        dist.all_reduce(total)
+    if not torch.isfinite(total):  # fail loudly before a NaN reaches the weights (and the artifact)
+        raise FloatingPointError(
+            f"distill: the loss is {float(total)} at step {step.index + 1}; lower train.lr or check the "
+            "teacher and data (the last checkpoint is kept for a resume)")
     if s.clip is not None:
         torch.nn.utils.clip_grad_norm_(module.parameters(), s.clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    if n_proc > 1:
-        dist.all_reduce(total)
     if n_proc == 1 or world()[0] == 0:
         acc.supervised_tokens += step.denom
         acc.examples += step.examples

@@ -135,3 +135,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     wb = load_file(str(tmp_path / "run" / "res" / "model.safetensors"))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_diverging_run_fails_instead_of_saving_nan_weights(tmp_path):
+    inp, student = tiny_input(tmp_path, n_train=16)
+    with pytest.raises(FloatingPointError, match="the loss is nan at step"):
+        # an infinite learning rate turns the weights to NaN after the first update;
+        # the KD loss of step 2 is then NaN: the stage must stop, not save the weights
+        run(cfg(student, teacher={"mode": "online"}, train={"max_steps": 3, "lr": 1e30, "clip": None}), inp)
+    assert not (inp.workdir / "model.safetensors").exists()
