@@ -64,30 +64,38 @@ def _table(summary: list[dict]) -> list[str]:
     return lines
 
 
+def _costs(s: dict) -> str:
+    return (f"wall time {s['time_ratio']:.2f}×, CPU time {s['cpu_ratio']:.2f}×, peak memory {s['memory_ratio']:.2f}×, "
+            f"FLOPs {s['flops_ratio']:.2f}×")
+
+
 def targets(summary: list[dict]) -> list[str]:
     lines = []
     for v in sorted({s["verify"] for s in summary}):
         goal = 0.94 if v == 0 else 0.97
         ours = [s for s in summary if s["verify"] == v and s["protocol"].startswith(("full_batches", "keep"))
-                and s["supervise"] == "P+CoT+A"
-                and max(s["time_ratio"], s["memory_ratio"], s["flops_ratio"]) <= 0.55]
-        paper = [s for s in summary if s["verify"] == v and s["protocol"] == "paper (head)"
-                 and s["supervise"] == "P+CoT+A" and s["fraction"] == 0.5]
+                and s["supervise"] == "P+CoT+A"]
+        cheap = [s for s in ours if max(s["time_ratio"], s["memory_ratio"], s["flops_ratio"]) <= 0.55]
+        cheap_cpu = [s for s in ours if max(s["cpu_ratio"], s["memory_ratio"], s["flops_ratio"]) <= 0.55]
+        for label, pool in (("wall time", cheap), ("CPU time", cheap_cpu)):
+            if pool:
+                best = max(pool, key=lambda s: s["retention"])
+                met = "MET" if best["retention"] >= goal else "MISSED"
+                lines.append(f"- verify={v}, cells within 0.55× ({label}, memory, FLOPs): best is {best['protocol']} "
+                             f"at {best['fraction']:.0%}: retention {best['retention']:.0%} ± {best['retention_sd']:.0%} "
+                             f"({_costs(best)}); target ≥ {goal:.0%}: **{met}**.")
+            else:
+                lines.append(f"- verify={v}: no cell of our protocols within 0.55× ({label}, memory, FLOPs); "
+                             f"target ≥ {goal:.0%}: **MISSED**.")
         if ours:
-            best = max(ours, key=lambda s: s["retention"])
-            met = "MET" if best["retention"] >= goal else "MISSED"
-            lines.append(
-                f"- verify={v}: best of our protocols within 0.55× time, memory and FLOPs: "
-                f"{best['protocol']} at {best['fraction']:.0%} → retention {best['retention']:.0%} "
-                f"± {best['retention_sd']:.0%} (time {best['time_ratio']:.2f}×, memory {best['memory_ratio']:.2f}×, "
-                f"FLOPs {best['flops_ratio']:.2f}×); target ≥ {goal:.0%}: **{met}**.")
-        else:
-            lines.append(f"- verify={v}: none of our protocols ran within 0.55× of the time, memory and FLOPs "
-                         f"of full KD; target ≥ {goal:.0%}: **MISSED** (no cell qualifies).")
-        for s in paper:
-            lines.append(f"  - paper's plain protocol (head, 50%, P+CoT+A): retention {s['retention']:.0%} "
-                         f"± {s['retention_sd']:.0%} at time {s['time_ratio']:.2f}×, memory {s['memory_ratio']:.2f}×, "
-                         f"FLOPs {s['flops_ratio']:.2f}×.")
+            top = max(ours, key=lambda s: s["retention"])
+            lines.append(f"  - best retention of our protocols at any cost: {top['protocol']} at {top['fraction']:.0%}: "
+                         f"{top['retention']:.0%} ± {top['retention_sd']:.0%} ({_costs(top)}).")
+        for s in summary:
+            if (s["verify"] == v and s["protocol"] == "paper (head)" and s["supervise"] == "P+CoT+A"
+                    and s["fraction"] == 0.5):
+                lines.append(f"  - the paper's plain protocol (head, 50%, P+CoT+A): retention {s['retention']:.0%} "
+                             f"± {s['retention_sd']:.0%}, answer rate {s['answer_rate']:.2f} ({_costs(s)}).")
     for v in sorted({s["verify"] for s in summary}):
         for f in (0.5, 1.0):
             on = [s for s in summary if s["verify"] == v and s["teacher"] == "online" and s["fraction"] == f]
@@ -95,10 +103,13 @@ def targets(summary: list[dict]) -> list[str]:
                    and s["supervise"] == "P+CoT+A" and s["fraction"] == f]
             if on and off:
                 r = off[0]["step_time_s"] / on[0]["step_time_s"]
+                rc = off[0]["cpu_ratio"] / on[0]["cpu_ratio"]
                 met = "MET" if r <= 0.5 else "MISSED"
+                met_c = "MET" if rc <= 0.5 else "MISSED"
                 lines.append(f"- verify={v}, kept {f:.0%}: offline top-k step {off[0]['step_time_s'] * 1e3:.0f} ms vs "
-                             f"online {on[0]['step_time_s'] * 1e3:.0f} ms → {r:.2f}× (target ≤ 0.5×: **{met}**); "
-                             f"accuracy offline {off[0]['accuracy']:.3f} vs online {on[0]['accuracy']:.3f}.")
+                             f"online {on[0]['step_time_s'] * 1e3:.0f} ms wall → {r:.2f}× (**{met}**); by CPU time "
+                             f"{rc:.2f}× (**{met_c}**) (target ≤ 0.5×); accuracy offline {off[0]['accuracy']:.3f} "
+                             f"vs online {on[0]['accuracy']:.3f}.")
     return lines
 
 
@@ -117,12 +128,12 @@ def plot(summary: list[dict], path: Path) -> None:
     for (proto, v), pts in sorted(curves.items()):
         full = [s for s in summary if s["verify"] == v and s["protocol"] == "paper (head)"
                 and s["supervise"] == "P+CoT+A" and s["fraction"] == 1.0]
-        pts = sorted(pts + ([] if proto == "paper (head)" else full), key=lambda s: s["time_ratio"])
-        ax.errorbar([s["time_ratio"] for s in pts], [s["retention"] for s in pts],
+        pts = sorted(pts + ([] if proto == "paper (head)" else full), key=lambda s: s["cpu_ratio"])
+        ax.errorbar([s["cpu_ratio"] for s in pts], [s["retention"] for s in pts],
                     yerr=[s["retention_sd"] for s in pts], marker="o", capsize=3,
                     linestyle="-" if v == 0 else "--", label=f"{proto}, verify={v}")
     ax.axvline(0.55, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("wall time of training / full-sequence KD")
+    ax.set_xlabel("CPU time of training / full-sequence KD (wall time is confounded by load, see notes)")
     ax.set_ylabel("accuracy retention vs full-sequence KD (P+CoT+A)")
     ax.set_title("Truncated KD on the demo task: retention against cost")
     ax.grid(alpha=0.3)
