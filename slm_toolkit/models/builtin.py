@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from slm_toolkit.data.demo import format_example
 from slm_toolkit.data.example import PROMPT, Example
 from slm_toolkit.models.errors import ModelNotAvailable
 
@@ -185,8 +186,8 @@ def easy_examples(n: int, seed: int, steps: int, digits: int, ops: str, verify: 
     """Examples in exactly the demo task's format, at every step count 1..steps, whose operands
     after the first are only 0-2 (1-2 for `*`): the whole output format, little arithmetic.
 
-    The format is written again here (slm_toolkit.data.demo draws operands uniformly and has no
-    knob for their range); tests check that `format_example` reproduces demo's examples exactly.
+    Only the operands are drawn here (slm_toolkit.data.demo draws them uniformly and has no knob
+    for their range); the text comes from demo's own `format_example`, so the formats cannot drift.
     """
     rng = random.Random(seed)
     out = []
@@ -205,21 +206,6 @@ def easy_examples(n: int, seed: int, steps: int, digits: int, ops: str, verify: 
     return out
 
 
-def format_example(first: int, moves: list[tuple[str, int]], verify: int) -> Example:
-    """The demo task's Example for a problem: prompt `a+b-c=`, CoT `a+b=x;x-c=y` plus checks."""
-    prompt = str(first) + "".join(f"{op}{b}" for op, b in moves) + "="
-    lines = _forward(first, moves)
-    last = _final(first, moves)
-    for check in range(1, verify + 1):
-        again = _backward(last, moves) if check % 2 == 1 else _forward(first, moves)
-        again[0] = "check:" + again[0]
-        lines += again
-    return Example(prompt=prompt, cot=";".join(lines), answer=str(last))
-
-
-_INVERSE = {"+": "-", "-": "+", "*": "/"}
-
-
 def _allowed(value: int, op: str, b: int, digits: int) -> bool:
     new = _apply(value, op, b)
     return (op != "*" or b != 0) and 0 <= new <= 10 ** (digits + 1) - 1
@@ -233,25 +219,3 @@ def _apply(a: int, op: str, b: int) -> int:
     return a * b if op == "*" else a // b
 
 
-def _final(first: int, moves: list[tuple[str, int]]) -> int:
-    for op, b in moves:
-        first = _apply(first, op, b)
-    return first
-
-
-def _forward(first: int, moves: list[tuple[str, int]]) -> list[str]:
-    lines, value = [], first
-    for op, b in moves:
-        new = _apply(value, op, b)
-        lines.append(f"{value}{op}{b}={new}")
-        value = new
-    return lines
-
-
-def _backward(last: int, moves: list[tuple[str, int]]) -> list[str]:
-    lines, value = [], last
-    for op, b in reversed(moves):
-        new = _apply(value, _INVERSE[op], b)
-        lines.append(f"{value}{_INVERSE[op]}{b}={new}")
-        value = new
-    return lines

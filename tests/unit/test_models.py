@@ -102,7 +102,7 @@ def test_load_refuses_pickle_weights(tiny_folder):
                                   dict(steps=3, digits=2, ops="+-*", verify=2),
                                   dict(steps=5, digits=1, ops="*", verify=3)])
 def test_format_example_reproduces_the_demo_task(task):
-    """builtin.format_example writes the demo format again; it must match data.demo exactly."""
+    """The easy-operand student data uses data.demo.format_example: it must reproduce demo examples exactly."""
     from slm_toolkit.data.demo import _parse
 
     for ex in generate_examples(50, 3, **task):
