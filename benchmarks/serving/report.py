@@ -49,7 +49,8 @@ def save_raw(path: Path, levels: list[dict], status: dict) -> None:
 
 def _find(rows, server, scheduler, backend, model=TARGET_MODEL, c=TARGET_C):
     return next((r for r in rows if (r["server"], r["scheduler"], r["backend"], r["model"], r["concurrency"])
-                 == (server, scheduler, backend, model, c) and r.get("completed")), None)
+                 == (server, scheduler, backend, model, c)
+                 and (r.get("completed") or server == "inprocess_static")), None)
 
 
 def http_overhead(rows, inproc) -> dict[str, dict[str, float]]:
@@ -66,7 +67,7 @@ def http_overhead(rows, inproc) -> dict[str, dict[str, float]]:
     return out
 
 
-def targets(rows, overhead, idle) -> list[dict]:
+def targets(rows, overhead, idle, noise_ms: float | None = None) -> list[dict]:
     """The issue's targets at 134M, concurrency 16, each with its measured value."""
     cont, naive = _find(rows, "slm", "continuous", "torch"), _find(rows, "slm", "naive", "torch")
     static = _find(rows, "inprocess_static", "static", "torch")
@@ -90,7 +91,13 @@ def targets(rows, overhead, idle) -> list[dict]:
          overhead.get(TARGET_MODEL, {}).get("continuous"), "<= 2", lambda v: v <= 2),
         ("idle server CPU (% of a core, worst config)", idle_max, "< 2", lambda v: v < 2),
     ]
-    return [{"target": t, "value": v, "goal": g, "met": (ok(v) if v is not None else None)} for t, v, g, ok in checks]
+    out = [{"target": t, "value": v, "goal": g, "met": (ok(v) if v is not None else None)} for t, v, g, ok in checks]
+    if noise_ms is not None:  # an overhead smaller than the run-to-run spread is not resolved by this run
+        for t in out:
+            if "overhead" in t["target"] and t["value"] is not None and (t["value"] < 0 or t["value"] <= noise_ms):
+                t["met"], t["goal"] = None, (f"<= 2 (unresolved: the in-process runs alone spread ±{noise_ms:.0f} ms "
+                                             "on this shared machine; a negative value is noise)")
+    return out
 
 
 def build(rows, statuses, inproc, settings, wall_s) -> dict:
@@ -106,7 +113,14 @@ def build(rows, statuses, inproc, settings, wall_s) -> dict:
             "environment": env, "wall_s": wall_s, "formulas": FORMULAS,
             "http_overhead_ms": overhead.get(TARGET_MODEL, {}).get("naive"),
             "http_overhead_ms_by_model": overhead, "idle_cpu_percent": idle,
-            "targets": targets(rows, overhead, idle), "servers": statuses, "inprocess": inproc, "rows": rows}
+            "targets": targets(rows, overhead, idle, _noise(inproc)), "servers": statuses, "inprocess": inproc,
+            "rows": rows}
+
+
+def _noise(inproc) -> float | None:
+    """Half the range of the in-process batch-1 times of the target model (ms)."""
+    t = (inproc.get(TARGET_MODEL) or {}).get("single", {}).get("seconds")
+    return (max(t) - min(t)) * 500 if t else None
 
 
 def _cpu_name() -> str:
@@ -140,7 +154,7 @@ def markdown(doc: dict) -> str:
         lines += [f"**Scale note:** {s['note']}", ""]
     lines += ["## Targets (134M, concurrency 16)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for t in doc["targets"]:
-        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        met = {True: "yes", False: "**no**", None: "not measured" if t["value"] is None else "unresolved"}[t["met"]]
         lines.append(f"| {t['target']} | {_f(t['value'], '.2f')} | {t['goal']} | {met} |")
     lines += ["", "## All rows", "", "| model | server | scheduler | backend | c | out tok/s | TTFT med ms | "
               "TTFT p99 ms | TPOT med ms | E2E med ms | ok/failed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -151,7 +165,9 @@ def markdown(doc: dict) -> str:
                      f"{_f(r['median_tpot_ms'], '.2f')} | {_f(r.get('median_e2el_ms'), '.0f')} | "
                      f"{r.get('completed', '—')}/{r.get('failed', '—')} |")
     ovh = {m: {k: round(v, 2) for k, v in d.items()} for m, d in doc["http_overhead_ms_by_model"].items()}
-    lines += ["", "† no `usage` from the server: output tokens re-tokenized from the streamed text; it streams "
+    lines += ["", "Our `naive` scheduler runs one plain `generate` per request and sends its tokens when it "
+              "finishes, so its TTFT equals its E2E and its TPOT is the streaming of already-made tokens.",
+              "", "† no `usage` from the server: output tokens re-tokenized from the streamed text; it streams "
               "whole words, so its first chunk (TTFT) comes a few tokens late, as its users see it.",
               "", "Overhead per request (our server's median E2E at concurrency 1, torch, minus the same prompts "
               "generated in-process by the toolkit's runtime, batch 1; ms; `naive` runs exactly that generate call, "
@@ -202,7 +218,7 @@ def refresh(doc: dict) -> dict:
     """Recompute the derived figures (overhead, targets) from rows and in-process timings."""
     overhead = http_overhead(doc["rows"], doc["inprocess"])
     doc.update(http_overhead_ms=overhead.get(TARGET_MODEL, {}).get("naive"), http_overhead_ms_by_model=overhead,
-               targets=targets(doc["rows"], overhead, doc["idle_cpu_percent"]))
+               targets=targets(doc["rows"], overhead, doc["idle_cpu_percent"], _noise(doc["inprocess"])))
     return doc
 
 
