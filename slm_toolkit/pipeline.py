@@ -221,7 +221,7 @@ def _run_stages(state: _Run, model: Path, old: dict[str, dict[str, Any]]) -> Non
         if _reusable(state, prev, record):
             record.update({k: prev[k] for k in ("metrics", "timings", "artifact", "artifact_hash",
                                                  "started_at", "finished_at", "extra") if k in prev})
-            record.update(status="completed", reused=True)
+            record.update(status="skipped", reused=True)  # done by an earlier run, unchanged
             state.console.print(f"[dim]↷ [{i}/{total}] {record['folder']} skipped (unchanged)[/]")
             state.save()
         else:
@@ -242,7 +242,7 @@ def _pending(index: int, entry: StageEntry) -> dict[str, Any]:
 
 
 def _reusable(state: _Run, prev: dict[str, Any] | None, record: dict[str, Any]) -> bool:
-    if not prev or prev.get("status") != "completed" or prev.get("key") != record["key"]:
+    if not prev or prev.get("status") not in ("completed", "skipped") or prev.get("key") != record["key"]:
         return False
     if not (state.run_dir / record["folder"]).is_dir():
         return False

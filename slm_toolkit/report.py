@@ -51,7 +51,7 @@ def stage_row(record: dict[str, Any]) -> list[str]:
     size = _num(m, "bytes")
     status = record.get("status", DASH)
     if record.get("reused"):
-        status += " (reused)"
+        status += " (reused)" if status != "skipped" else ""
     return [
         record.get("folder", record.get("name", "?")),
         status,

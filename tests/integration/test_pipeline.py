@@ -103,7 +103,7 @@ def test_rerun_skips_and_config_change_reruns_from_there(project):
     _, out = _run()
     assert out.count("skipped") == 3
     again = _manifest(run_dir)
-    assert [s["status"] for s in again["stages"]] == ["completed"] * 3
+    assert [s["status"] for s in again["stages"]] == ["skipped"] * 3
     assert all(s["reused"] for s in again["stages"])
     assert [s["metrics"] for s in again["stages"]] == [s["metrics"] for s in first["stages"]]
 
@@ -154,7 +154,7 @@ def test_failing_stage_exits_1_with_one_line(project):
     ok = CliRunner().invoke(app, ["run", "r.yaml"])  # fixed: the completed stage is reused
     assert ok.exit_code == 0, ok.output
     assert "01-fake skipped" in ok.stdout and "report.md" in ok.stdout
-    assert [s["status"] for s in _manifest(run_dir)["stages"]] == ["completed"] * 3
+    assert [s["status"] for s in _manifest(run_dir)["stages"]] == ["skipped", "completed", "completed"]
 
 
 def test_missing_model_exits_1_and_writes_nothing(project):
@@ -210,7 +210,7 @@ def test_sigkill_mid_stage_then_resume(project):
     assert proc.returncode == 0, out
     assert "01-fake skipped" in out and "02-fake (resuming)" in out
     m = _manifest(run_dir)
-    assert [s["status"] for s in m["stages"]] == ["completed"] * 3
+    assert [s["status"] for s in m["stages"]] == ["skipped", "completed", "completed"]
     assert m["stages"][0]["reused"] and m["stages"][0]["artifact_hash"] == first_hash
     assert m["stages"][1]["metrics"]["resumed"] == 1.0  # it found its checkpoint
     assert not list(run_dir.glob("*.tmp"))
