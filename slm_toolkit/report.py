@@ -50,8 +50,8 @@ def stage_row(record: dict[str, Any]) -> list[str]:
     m = record.get("metrics") or {}
     size = _num(m, "bytes")
     status = record.get("status", DASH)
-    if record.get("reused"):
-        status += " (reused)" if status != "skipped" else ""
+    if record.get("reused") and status != "skipped":
+        status += " (reused)"
     return [
         record.get("folder", record.get("name", "?")),
         status,
