@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -60,14 +59,10 @@ def random_prompts(n: int, input_len: int, output_len: int, seed: int, tokenizer
 
 
 def _read_jsonl(path: Path, output_len: int) -> list[Prompt]:
+    from slm_toolkit.data.loaders import read_jsonl_records
+
     prompts = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, rec in read_jsonl_records(path):
         text = next((rec[k] for k in ("prompt", "question", "text") if isinstance(rec.get(k), str)), None)
         if not text:
             raise ValueError(f"{path}:{lineno}: needs a non-empty \"prompt\" (or \"question\"/\"text\") string")

@@ -96,7 +96,7 @@ def load_jsonl_examples(path: str | Path, fmt: str = "auto") -> list[Example]:
         raise ValueError(f"unknown data format {fmt!r}; choose from {', '.join(FORMATS)}")
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    records = list(_read_jsonl(path))
+    records = list(read_jsonl_records(path))
     if not records:
         raise ValueError(f"{path}: no examples (the file is empty)")
     if fmt == "auto":
@@ -169,7 +169,8 @@ def _take(path: Path, fmt: str, n: int, seed: int) -> list[Example]:
 # ----- reading and parsing
 
 
-def _read_jsonl(path: Path):
+def read_jsonl_records(path: Path):
+    """(line number, object) for every non-blank line; a line-numbered ValueError otherwise."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
