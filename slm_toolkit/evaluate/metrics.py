@@ -184,12 +184,9 @@ def _token_nll(model: Any, batch: Sequence[Any], pad: int, device: Any) -> tuple
     """Per-target-token NLL [B, T-1] and the target tokens' segment ids (-1 on padding)."""
     import torch
 
-    width = max(len(s.ids) for s in batch)
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    segs = torch.full((len(batch), width), -1, dtype=torch.long)
-    for row, s in enumerate(batch):
-        ids[row, : len(s.ids)] = torch.tensor(s.ids)
-        segs[row, : len(s.ids)] = torch.tensor(s.segments)
+    from slm_toolkit.data.tensors import pad_right
+
+    ids, segs = pad_right(batch, pad)
     mask = (segs >= 0).long()
     with torch.inference_mode():
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()

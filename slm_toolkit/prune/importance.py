@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from slm_toolkit.data.example import TEMPLATE, Example
+from slm_toolkit.data.tensors import pad_right
 
 CRITERIA = ("magnitude", "taylor", "activation")
 
@@ -54,13 +55,7 @@ def calibration_batches(tokenizer: Any, examples: Sequence[Example], samples: in
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = []
     for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start : start + batch_size]
-        width = max(len(s.ids) for s in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        segs = torch.full((len(chunk), width), -1, dtype=torch.long)
-        for row, s in enumerate(chunk):
-            ids[row, : len(s.ids)] = torch.tensor(s.ids)
-            segs[row, : len(s.ids)] = torch.tensor(s.segments)
+        ids, segs = pad_right(seqs[start : start + batch_size], pad)
         keep = (segs >= 0) & (segs != TEMPLATE)
         labels = torch.where(keep, ids, torch.full_like(ids, -100))
         out.append(CalibBatch(ids.to(device), (segs >= 0).long().to(device), labels.to(device), keep.to(device)))
