@@ -86,8 +86,10 @@ def weight_bytes_per_token(model_path: Path) -> int:
     return total
 
 
-def read_bandwidth(threads: int, mb: int = 512, repeats: int = 5) -> float:
-    """Measured read bandwidth in bytes/s: summing a buffer far larger than the caches."""
+def bandwidth_probe(threads: int, mb: int = 512):
+    """A callable measuring read bandwidth in bytes/s (best of `repeats` sums of a buffer far larger
+    than the caches). The benchmark samples it once per round, interleaved with the variants, so
+    the bound follows the same drift of a shared machine as the figures it is compared with."""
     import time
 
     import torch
@@ -95,12 +97,17 @@ def read_bandwidth(threads: int, mb: int = 512, repeats: int = 5) -> float:
     torch.set_num_threads(threads)
     x = torch.ones(mb * (1 << 20) // 4, dtype=torch.float32)
     x.sum()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t0)
-    return x.numel() * 4 / best
+
+    def sample(repeats: int = 3) -> float:
+        torch.set_num_threads(threads)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            x.sum()
+            best = min(best, time.perf_counter() - t0)
+        return x.numel() * 4 / best
+
+    return sample
 
 
 def prompts(vocab: int, batch: int, length: int, seed: int = 0) -> np.ndarray:

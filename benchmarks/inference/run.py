@@ -5,10 +5,11 @@
 
 Per model and thread count, each variant is loaded once, warmed up, then measured in rounds:
 every round runs every variant once (interleaved, so drift hits all alike); median and spread
-(p25-p75) over >= 5 rounds. Per call:
+(p25-p75) over >= 5 rounds (9 by default: the shared machines drift by tens of percent). Per call:
     prefill_ms   = time of generate with 1 new token (time to first token, set-up included)
     decode_tok_s = batch * (N - 1) / (T(N new tokens) - T(1 new token))
-bound_tok_s is the memory-bandwidth ceiling: batch * read bandwidth / weight bytes per token.
+bound_tok_s is the memory-bandwidth ceiling: batch * read bandwidth / weight bytes per token, the
+bandwidth sampled once per round (interleaved like a variant) and its median used.
 Writes results.json (one row per model x variant x batch x threads), results.md and results.png.
 """
 
@@ -58,18 +59,21 @@ def time_call(runner, ids, new_tokens: int) -> float:
     return time.perf_counter() - t0
 
 
-def measure(runners: dict, ids_by_batch: dict, new_tokens: int, repeats: int) -> dict:
-    """{(variant, batch): {"t1": [...], "tn": [...]}}, rounds interleaved across variants."""
+def measure(runners: dict, ids_by_batch: dict, new_tokens: int, repeats: int, bandwidth) -> tuple[dict, list[float]]:
+    """({(variant, batch): {"t1": [...], "tn": [...]}}, bandwidth samples), rounds interleaved
+    across variants, one read-bandwidth sample per round."""
     samples = {(v, b): {"t1": [], "tn": []} for v in runners for b in ids_by_batch}
+    bw = []
     for v, r in runners.items():  # warm-up
         for ids in ids_by_batch.values():
             r.run(ids, 2)
     for _ in range(repeats):
+        bw.append(bandwidth())
         for b, ids in ids_by_batch.items():
             for v, r in runners.items():
                 samples[(v, b)]["t1"].append(time_call(r, ids, 1))
                 samples[(v, b)]["tn"].append(time_call(r, ids, new_tokens))
-    return samples
+    return samples, bw
 
 
 def summarize(t1: list[float], tn: list[float], batch: int, new_tokens: int) -> dict:
@@ -80,6 +84,7 @@ def summarize(t1: list[float], tn: list[float], batch: int, new_tokens: int) -> 
     q = lambda xs: statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3  # noqa: E731
     rq, pq = (q(rates) if rates else [None] * 3), q([t * 1000 for t in t1])
     return {"decode_tok_s": tokens / dt if dt > 0 else None, "decode_tok_s_p25": rq[0], "decode_tok_s_p75": rq[2],
+            "round_t1_s": [round(t, 6) for t in t1], "round_tn_s": [round(t, 6) for t in tn],
             "decode_ms_per_step": dt * 1000 / (new_tokens - 1),
             "prefill_ms": statistics.median(t1) * 1000, "prefill_ms_p25": pq[0], "prefill_ms_p75": pq[2]}
 
@@ -93,7 +98,7 @@ def bench_model(model: str, args, work: Path) -> list[dict]:
     ids_by_batch = {b: artifacts.prompts(vocab, b, args.prompt_len) for b in args.batches}
     rows = []
     for threads in args.threads:
-        bandwidth = artifacts.read_bandwidth(threads)
+        probe = artifacts.bandwidth_probe(threads)
         runners, failed = {}, {}
         for v in want:
             try:
@@ -101,7 +106,8 @@ def bench_model(model: str, args, work: Path) -> list[dict]:
             except Exception as exc:  # the row records why (e.g. genai's environment)
                 failed[v] = genai_why if v == "ort_genai_int4" and genai_why else repr(exc)[:300]
         print(f"[{model}, {threads} threads] measuring {list(runners)}; failed: {failed}", flush=True)
-        samples = measure(runners, ids_by_batch, args.new_tokens, args.repeats)
+        samples, bw = measure(runners, ids_by_batch, args.new_tokens, args.repeats, probe)
+        bandwidth = statistics.median(bw)
         for r in runners.values():
             getattr(r, "close", lambda: None)()
         for v in want:
@@ -109,8 +115,11 @@ def bench_model(model: str, args, work: Path) -> list[dict]:
             for b in args.batches:
                 row = {"model": model, "variant": v, "batch": b, "threads": threads,
                        "bytes": bytes_per_token[fmt], "bound_tok_s": b * bandwidth / bytes_per_token[fmt],
-                       "read_bandwidth_gb_s": bandwidth / 1e9, "new_tokens": args.new_tokens,
+                       "read_bandwidth_gb_s": bandwidth / 1e9,
+                       "read_bandwidth_gb_s_p25_p75": [q / 1e9 for q in statistics.quantiles(bw, n=4)[::2]],
+                       "new_tokens": args.new_tokens,
                        "prompt_len": args.prompt_len, "repeats": args.repeats}
+                row["round_bandwidth_gb_s"] = [round(x / 1e9, 3) for x in bw]
                 if v in failed:
                     row.update(decode_tok_s=None, prefill_ms=None, error=failed[v])
                 else:
@@ -127,7 +136,7 @@ def main() -> None:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--work", type=Path, default=HERE / "_work")
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--note", default="", help="a line for results.md (e.g. the machine was shared)")

@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import models  # noqa: E402
+import overhead  # noqa: E402
 import report  # noqa: E402
 
 from slm_toolkit.bench.client import Endpoint  # noqa: E402
@@ -58,6 +59,8 @@ def parse_args():
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--ts-pydeps", type=Path, default=HERE / "_work" / "pydeps",
                     help="folder with `transformers serve`'s extra dependency (openai), see README")
+    ap.add_argument("--overhead-pairs", type=int, default=30,
+                    help="paired requests for the HTTP overhead (overhead.py; llama134m a third), 0 = skip")
     ap.add_argument("--budget-min", type=float, default=1e9, help="skip configurations started after this")
     ap.add_argument("--smoke", action="store_true", help="tiny settings into _work/smoke")
     ap.add_argument("--note", default="", help="free text recorded in results.json (e.g. what was reduced)")
@@ -65,6 +68,7 @@ def parse_args():
     if a.smoke:
         a.models, a.concurrency, a.requests, a.output_len = "student", "1,4", "1:2,4:4", 8
         a.static_repeats, a.idle_seconds, a.out = 1, 2.0, HERE / "_work" / "smoke"
+        a.overhead_pairs = 4
     return a
 
 
@@ -159,7 +163,7 @@ def main() -> None:
     wanted = CONFIGS if a.configs == "all" else [tuple(c.split(":")) for c in a.configs.split(",")]
     raw_dir = a.out / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
-    rows, statuses, inproc = [], [], {}
+    rows, statuses, inproc, paired = [], [], {}, {}
     started, load_start = time.time(), os.getloadavg()
     for model_name in a.models.split(","):
         folder = getattr(models, model_name)(work)
@@ -182,7 +186,15 @@ def main() -> None:
             r, s = bench_config(cfg, folder, onnx, pool, counts, a, raw_dir, count)
             rows += r
             statuses.append(s)
-    doc = report.build(rows, statuses, inproc, vars(a), time.time() - started)
+        if a.overhead_pairs and time.time() - started < a.budget_min * 60:
+            print(f"  HTTP overhead, paired ({model_name})", flush=True)
+            n = overhead.pairs_for(model_name, a.overhead_pairs)
+            for sched in ("naive", "continuous"):
+                if ("slm", sched, "torch") in wanted:
+                    paired.setdefault(model_name, {})[sched] = overhead.measure(
+                        model_name, sched, "torch", pairs_n=n, warmup=a.warmup, input_len=a.input_len,
+                        output_len=a.output_len, server_cpus=a.server_cpus, raw=raw_dir)
+    doc = report.build(rows, statuses, inproc, vars(a), time.time() - started, paired)
     doc["environment"]["loadavg_start"], doc["environment"]["loadavg_end"] = load_start, os.getloadavg()
     report.write(doc, a.out)
     print(f"wrote {a.out / 'results.json'} and results.md ({(time.time() - started) / 60:.1f} min)")

@@ -1,0 +1,206 @@
+"""HTTP overhead per request, measured in pairs: our server at concurrency 1 vs the same
+generation in-process, interleaved request by request.
+
+The full benchmark's first estimate (median E2E of 4 requests minus the median of 4 in-process
+runs, minutes apart) could not resolve 2 ms: a 64-token generation of the 134M model takes
+~3.5 s and drifts by tens of ms on a shared machine. Here each pair is one streamed HTTP
+request and, right after (or right before: the order alternates), the same prompt ids through
+the same runtime (`load_generator(...).generate`, the call the naive scheduler makes) in a
+worker process pinned to the same core with the same thread count. Drift hits both halves of a
+pair alike, so the median of the per-pair differences resolves far below the run-to-run spread.
+
+    overhead = median over pairs of (server E2E - in-process generate time)
+
+The server's E2E is measured by the client from send to the last byte (chat template,
+tokenization, scheduling, detokenization, SSE framing, loopback HTTP included). With the naive
+scheduler the server runs exactly the worker's generate call, so the difference is the serving
+cost alone; with the continuous scheduler it also includes its per-token steps and streaming.
+
+    python benchmarks/serving/overhead.py                     # -> overhead.json, appended to results.md
+    python benchmarks/serving/overhead.py --models student --pairs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import models  # noqa: E402
+import report  # noqa: E402
+
+from slm_toolkit.artifacts import write_json_atomic  # noqa: E402
+from slm_toolkit.bench.client import Endpoint, Prompt, make_client, send  # noqa: E402
+from slm_toolkit.bench.datasets import random_prompts  # noqa: E402
+from slm_toolkit.bench.server import free_port, launched, serve_command  # noqa: E402
+
+WORKER = """
+import json, sys, time
+from slm_toolkit.runtime.base import GenerationConfig
+from slm_toolkit.runtime.loader import load_generator
+from pathlib import Path
+gen = load_generator(Path(sys.argv[1]), backend=sys.argv[2], threads=1)
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    cfg = GenerationConfig(max_new_tokens=job["new"], min_new_tokens=job["new"], ignore_eos=True)
+    t = time.perf_counter()
+    out = gen.generate([job["ids"]], cfg)
+    dt = time.perf_counter() - t
+    print(json.dumps({"s": dt, "tokens": len(out[0])}), flush=True)
+"""
+
+
+class Worker:
+    """The in-process reference: a process pinned like the server, generating on request."""
+
+    def __init__(self, folder: Path, backend: str, cpus: str, env: dict):
+        cmd = ["taskset", "-c", cpus, sys.executable, "-c", WORKER, str(folder), backend]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, **env})
+        first = self.proc.stdout.readline()
+        if not first or not json.loads(first).get("ready"):
+            raise RuntimeError(f"in-process worker did not start (exit {self.proc.poll()})")
+
+    def generate(self, ids: list[int], new: int) -> dict:
+        self.proc.stdin.write(json.dumps({"ids": ids, "new": new}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def quantiles(xs: list[float]) -> dict:
+    """Median, quartiles, range and a distribution-free 95% confidence interval of the median
+    (order statistics of the sorted sample: ranks n/2 -+ 0.98 sqrt(n), the binomial normal
+    approximation; the whole range when n is too small for it)."""
+    s = sorted(xs)
+    n = len(s)
+    q = statistics.quantiles(s, n=4) if n > 1 else [s[0]] * 3
+    k = max(0, int(n / 2 - 0.98 * n ** 0.5))
+    return {"median": statistics.median(s), "p25": q[0], "p75": q[2], "min": s[0], "max": s[-1],
+            "ci95": [s[k], s[n - 1 - k]]}
+
+
+async def pairs(url: str, worker: Worker, prompts: list[str], ids: list[list[int]], new: int, warmup: int) -> list[dict]:
+    ep = Endpoint(url, api="chat", extensions=True, timeout_s=600)
+    out = []
+    async with make_client(1) as client:
+        for i, (text, pid) in enumerate(zip(prompts, ids)):
+            order = ("http", "local") if i % 2 == 0 else ("local", "http")  # alternate: no order bias
+            pair: dict = {"index": i, "warmup": i < warmup, "first": order[0]}
+            for what in order:
+                if what == "http":
+                    t0 = time.perf_counter()
+                    r = await send(client, ep, Prompt(text, new), i, t0, 0.0)
+                    if not r.ok:
+                        raise RuntimeError(f"request {i} failed: {r.error}")
+                    if r.prompt_tokens != len(pid) or r.output_tokens != new:
+                        raise RuntimeError(f"request {i}: the server saw {r.prompt_tokens} prompt / {r.output_tokens} "
+                                           f"output tokens, the worker {len(pid)} / {new}: not the same generation")
+                    pair["http_ms"] = r.e2el_s * 1000
+                else:
+                    w = worker.generate(pid, new)
+                    if w["tokens"] != new:
+                        raise RuntimeError(f"worker generated {w['tokens']} tokens, not {new}")
+                    pair["local_ms"] = w["s"] * 1000
+            pair["diff_ms"] = pair["http_ms"] - pair["local_ms"]
+            out.append(pair)
+    return out
+
+
+def measure(model_name: str, scheduler: str, backend: str, *, pairs_n: int, warmup: int, input_len: int,
+            output_len: int, server_cpus: str, raw: Path) -> dict:
+    """One configuration: `warmup` + `pairs_n` pairs; the per-pair detail and its summary."""
+    from transformers import AutoTokenizer
+
+    folder = getattr(models, model_name)(HERE / "_work")
+    art = models.onnx(folder) if backend == "onnxruntime" else folder
+    tok = AutoTokenizer.from_pretrained(folder)
+    pool = random_prompts(pairs_n + warmup, input_len, output_len, 0, tok, as_text=True)
+    texts = [p.prompt for p in pool]
+    ids = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)
+           for t in texts]
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    cfg = raw / "serve.yaml"
+    cfg.write_text("threads: 1\n")
+    port = free_port()
+    cmd = ["taskset", "-c", server_cpus] + serve_command(art, port, backend=backend, scheduler=scheduler,
+                                                           device="cpu", extra=["--config", str(cfg)])
+    name = f"{model_name}-{scheduler}-{backend}"
+    worker = Worker(art, backend, server_cpus, env)
+    try:
+        with launched(cmd, raw / f"overhead-{name}.log", env=env, port=port, timeout_s=600) as (url, _proc):
+            got = asyncio.run(pairs(url, worker, texts, ids, output_len, warmup))
+    finally:
+        worker.close()
+    kept = [p for p in got if not p["warmup"]]
+    res = {"model": model_name, "scheduler": scheduler, "backend": backend, "output_len": output_len,
+           "pairs": len(kept), "diff_ms": quantiles([p["diff_ms"] for p in kept]),
+           "http_ms": quantiles([p["http_ms"] for p in kept]), "local_ms": quantiles([p["local_ms"] for p in kept]),
+           "detail": got}
+    d = res["diff_ms"]
+    print(f"  {name}: overhead median {d['median']:.2f} ms (95% CI {d['ci95'][0]:.2f} to {d['ci95'][1]:.2f}) over "
+          f"{len(kept)} pairs; generation {res['local_ms']['median']:.1f} ms", flush=True)
+    return res
+
+
+def pairs_for(model_name: str, pairs: int) -> int:
+    """The 134M model's pairs take ~7 s each: a third as many (at least 10)."""
+    return pairs if model_name != "llama134m" else max(10, pairs // 3)
+
+
+def markdown(doc: dict) -> str:
+    lines = ["## HTTP overhead per request (paired)", "",
+             f"Measured {doc['created']} by `python benchmarks/serving/overhead.py` (load average at start "
+             f"{doc['loadavg_start'][0]:.1f}): each pair is one streamed chat request to `slm serve` at concurrency 1 "
+             f"and the same prompt ids through the same runtime in a worker pinned to the same core, order "
+             f"alternating; overhead = median over pairs of (server E2E - in-process time), with a "
+             f"distribution-free 95% confidence interval of that median and the p25-p75 spread of the pairs.", ""] + report.overhead_table(doc["results"])
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="student,llama134m")
+    ap.add_argument("--schedulers", default="naive,continuous")
+    ap.add_argument("--backends", default="torch")
+    ap.add_argument("--pairs", type=int, default=30, help="measured pairs per configuration (llama134m: a third)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--input-len", type=int, default=32)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--server-cpus", default="1")
+    ap.add_argument("--client-cpus", default="0")
+    ap.add_argument("--out", type=Path, default=HERE)
+    a = ap.parse_args()
+    os.sched_setaffinity(0, {int(c) for c in a.client_cpus.split(",")})
+    a.raw = a.out / "raw"
+    a.raw.mkdir(parents=True, exist_ok=True)
+    doc = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_start": os.getloadavg(),
+           "method": __doc__.split("\n\n")[1].replace("\n", " "), "results": []}
+    for model_name in a.models.split(","):
+        n = pairs_for(model_name, a.pairs)
+        for backend in a.backends.split(","):
+            for scheduler in a.schedulers.split(","):
+                doc["results"].append(measure(model_name, scheduler, backend, pairs_n=n, warmup=a.warmup,
+                                              input_len=a.input_len, output_len=a.output_len,
+                                              server_cpus=a.server_cpus, raw=a.raw))
+    doc["loadavg_end"] = os.getloadavg()
+    write_json_atomic(a.out / "overhead.json", doc)
+    (a.out / "overhead.md").write_text(markdown(doc))
+    print(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
