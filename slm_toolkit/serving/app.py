@@ -105,26 +105,32 @@ class Service:
         return req
 
     async def events(self, req: GenRequest, asm: TextAssembler) -> AsyncIterator[tuple[str, str | None]]:
-        """(text delta, finish reason or None) until the request ends; cancels it if abandoned."""
-        ended = False
+        """(text delta, finish reason or None) until the request ends; cancels it if abandoned.
+        Tokens that are already waiting are sent as one delta: a stream that fell behind (or the
+        naive scheduler, which hands over all its tokens at once) costs one SSE write, not one
+        per token; a stream that keeps up still gets every token as it is made."""
+        ended, pending = False, ""
         try:
             while True:
+                if pending and req.events.empty():
+                    yield pending, None
+                    pending = ""
                 event = req.events.get_nowait() if not req.events.empty() else await _next_event(req)
                 if event[0] == "token":
-                    delta = asm.add(event[1])
+                    pending += asm.add(event[1])
                     if asm.stopped:
                         self.engine.cancel(req, "stop")
                         ended = True
-                        yield delta, "stop"
+                        yield pending, "stop"
                         return
-                    if delta:
-                        yield delta, None
                 elif event[0] == "finish":
                     ended = True
-                    yield asm.flush(), event[1]
+                    yield pending + asm.flush(), event[1]
                     return
                 else:
                     ended = True
+                    if pending:
+                        yield pending, None
                     raise EngineError(event[1], event[2])
         finally:
             if not ended:  # client gone, timed out or cancelled: drop the sequence at the next step

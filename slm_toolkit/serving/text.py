@@ -1,8 +1,11 @@
 """Token ids → text deltas for one request, with OpenAI stop strings.
 
-Incremental detokenization by decoding the whole output each time (outputs are short;
-this is what HF's TextStreamer does too), holding back text that may still become a stop
-string or an incomplete UTF-8 character. Stop strings are not checked before
+Incremental detokenization over a sliding window (the prefix/read-offset scheme vLLM and TGI
+use): each token decodes only the ids since the last committed piece, with one piece of left
+context so that tokenizers which drop a leading space at the start of a decode stay exact.
+Cost per token is constant, not proportional to the output so far (decoding the whole output
+each time, as HF's TextStreamer does, is quadratic in the output length). Text that may still
+become a stop string or an incomplete UTF-8 character is held back. Stop strings are not checked before
 `min_tokens` tokens, as in vLLM. The stop string itself is not returned (OpenAI).
 """
 
@@ -19,7 +22,8 @@ class TextAssembler:
         self._max_stop = max((len(s) for s in stops), default=0)
         self.ids: list[int] = []
         self._sent = 0
-        self._text = ""
+        self._text = ""  # committed text: every id before self._read, decoded
+        self._prefix = self._read = 0  # ids[_prefix:_read] is the left context of the next decode
         self.stopped = False
 
     def add(self, token_id: int) -> str:
@@ -27,15 +31,13 @@ class TextAssembler:
         self.ids.append(token_id)
         if self._lazy:
             return ""
-        self._text = self._decode(self.ids)
+        self._commit(final=False)
         if self._stops and len(self.ids) >= self._min_tokens:
             cut = self._find_stop()
             if cut is not None:
                 self.stopped = True
                 return self._send(cut)
         safe = len(self._text)
-        if self._text.endswith("\ufffd"):  # an incomplete multi-byte character
-            safe -= 1
         safe -= self._partial_stop(safe)
         return self._send(safe)
 
@@ -45,7 +47,18 @@ class TextAssembler:
             return ""
         if self._lazy:
             self._text = self._decode(self.ids)
+        else:
+            self._commit(final=True)
         return self._send(len(self._text))
+
+    def _commit(self, final: bool) -> None:
+        """Append the text of the ids after the read offset, unless it ends in an incomplete
+        multi-byte character (held until the next token completes it, or `final`)."""
+        context = self._decode(self.ids[self._prefix:self._read]) if self._read > self._prefix else ""
+        text = self._decode(self.ids[self._prefix:])
+        if len(text) > len(context) and (final or not text.endswith("\ufffd")):
+            self._text += text[len(context):]
+            self._prefix, self._read = self._read, len(self.ids)
 
     def _send(self, upto: int) -> str:
         if upto <= self._sent:

@@ -254,6 +254,14 @@ def test_naive_scheduler_gives_the_same_greedy_text(artifact, main):
         for p in PROMPTS[:4]:
             assert complete(naive, p, max_tokens=8)["choices"][0]["text"] == \
                 complete(main, p, max_tokens=8)["choices"][0]["text"]
+        # the naive scheduler hands over all its tokens at once: they stream as one delta, not 8
+        body = {"prompt": PROMPTS[0], "temperature": 0.0, "max_tokens": 8, "min_tokens": 8, "ignore_eos": True,
+                "stream": True, "stream_options": {"include_usage": True}}
+        with naive.client.stream("POST", "/v1/completions", json=body) as r:
+            chunks = sse(list(r.iter_lines()))
+        texts = [c["choices"][0]["text"] for c in chunks if c["choices"] and c["choices"][0]["text"]]
+        assert chunks[-1]["usage"]["completion_tokens"] == 8 and len(texts) == 1
+        assert texts[0] == complete(naive, PROMPTS[0], max_tokens=8, min_tokens=8, ignore_eos=True)["choices"][0]["text"]
     finally:
         naive.close()
 

@@ -100,6 +100,43 @@ def test_incomplete_utf8_is_held_back():
     assert [asm.add(1), asm.add(2), asm.add(3)] == ["h", "", "é"]
 
 
+def _trained_tokenizers():
+    """A byte-level BPE (GPT-2 style) and a Metaspace one (SentencePiece style: decoding drops the
+    leading space of a window) trained on a few GSM8K-like lines with non-ASCII text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    lines = ["Natalia sold clips to 48 of her friends in April, and then half as many in May.",
+             "Weng earns $12 an hour for babysitting — café prices: 5€ each, naïve résumé ✓ 😀.",
+             "How many clips did Natalia sell altogether in April and May? #### 72"] * 20
+    byte = Tokenizer(models.BPE())
+    byte.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte.decoder = decoders.ByteLevel()
+    byte.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    meta = Tokenizer(models.BPE(unk_token="<unk>"))
+    meta.pre_tokenizer = pre_tokenizers.Metaspace()
+    meta.decoder = decoders.Metaspace()
+    meta.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>"]))
+    return {"byte_bpe": byte, "metaspace": meta}
+
+
+@pytest.mark.parametrize("kind", ["byte_bpe", "metaspace"])
+def test_incremental_detokenization_equals_whole_decode(kind):
+    tok = _trained_tokenizers()[kind]
+    text = "Weng earns $12 an hour — café 5€, naïve ✓ 😀 #### 72 and half as many in May."
+    ids = tok.encode(text).ids
+    windows = []
+
+    def decode(xs):
+        windows.append(len(xs))
+        return tok.decode(xs)
+
+    asm = TextAssembler(decode, [])
+    deltas = [asm.add(i) for i in ids] + [asm.flush()]
+    assert "".join(deltas) == tok.decode(ids)
+    assert all("\ufffd" not in d for d in deltas)  # incomplete UTF-8 is never sent
+    assert max(windows) <= 8 < len(ids)  # each token decodes a short window, not the whole output
+
+
 def test_serve_config_yaml_and_overrides(tmp_path):
     path = tmp_path / "server.yaml"
     path.write_text("max_batch_size: 4\nscheduler: naive\nport: 9000\n")
