@@ -78,10 +78,15 @@ def targets(rows) -> list[str]:
             "| target | per-round ratio | ratio of medians | goal | |", "|---|---|---|---|---|", *checks, ""]
 
 
+def _rounds(rows, args) -> str:
+    counts = sorted({r.get("repeats", args.repeats) for r in rows})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]} (per row: `repeats` in results.json)"
+
+
 def markdown(rows, args) -> str:
     lines = ["# Inference benchmark", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores visible; "
-             f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, {args.repeats} interleaved rounds "
+             f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, {_rounds(rows, args)} interleaved rounds "
              "after a warm-up; median (p25–p75). decode tok/s = batch × (N − 1) / (T(N tokens) − T(1 token)); "
              "prefill ms = T(1 token), per-request set-up included. bound = batch × measured read bandwidth "
              "(median of one sample per round, interleaved with the variants) ÷ weight bytes read per token "

@@ -16,8 +16,14 @@ tokenization, scheduling, detokenization, SSE framing, loopback HTTP included). 
 scheduler the server runs exactly the worker's generate call, so the difference is the serving
 cost alone; with the continuous scheduler it also includes its per-token steps and streaming.
 
-    python benchmarks/serving/overhead.py                     # -> overhead.json, appended to results.md
-    python benchmarks/serving/overhead.py --models student --pairs 20
+    python benchmarks/serving/overhead.py                     # -> overhead.json and overhead.md
+    python benchmarks/serving/overhead.py --models student --pairs 20 --output-lens 64
+
+With one output token the difference is the fixed cost per request (HTTP, chat template,
+tokenization, hand-over to the engine thread and back), resolved to a fraction of a ms; with
+64 it adds the per-token streaming (and, for `continuous`, the engine's per-step work), but a
+64-token generation drifts by tens of percent on a shared machine, so its pairs are noisier.
+`run.py` measures the 64-token case as part of the full benchmark.
 """
 
 from __future__ import annotations
@@ -58,6 +64,38 @@ for line in sys.stdin:
     dt = time.perf_counter() - t
     print(json.dumps({"s": dt, "tokens": len(out[0])}), flush=True)
 """
+
+
+BARE_APP = """
+import sys, uvicorn
+from fastapi import FastAPI
+app = FastAPI()
+@app.get("/health")
+async def health():
+    return {"status": "ok"}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+async def _get_times(url: str, n: int) -> list[float]:
+    async with make_client(1) as client:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            r = await client.get(url)
+            out.append((time.perf_counter() - t) * 1000)
+            r.raise_for_status()
+        return out
+
+
+def http_floor(server_cpus: str, raw: Path, n: int = 200) -> dict:
+    """The round trip of GET /health on a bare FastAPI app (uvicorn, the same pinning, the same
+    client): what any Python HTTP server costs on this machine before doing any work."""
+    port = free_port()
+    cmd = ["taskset", "-c", server_cpus, sys.executable, "-c", BARE_APP, str(port)]
+    with launched(cmd, raw / "overhead-bare-fastapi.log", ready_path="/health", port=port, timeout_s=60) as (url, _):
+        ms = asyncio.run(_get_times(url + "/health", n))
+    return {"what": "GET /health on a bare FastAPI app, same client and pinning", "requests": n, "ms": quantiles(ms)}
 
 
 class Worker:
@@ -156,9 +194,9 @@ def measure(model_name: str, scheduler: str, backend: str, *, pairs_n: int, warm
     return res
 
 
-def pairs_for(model_name: str, pairs: int) -> int:
-    """The 134M model's pairs take ~7 s each: a third as many (at least 10)."""
-    return pairs if model_name != "llama134m" else max(10, pairs // 3)
+def pairs_for(model_name: str, pairs: int, output_len: int = 64) -> int:
+    """The 134M model's long pairs take ~7 s each: a third as many (at least 10)."""
+    return pairs if model_name != "llama134m" or output_len <= 8 else max(10, pairs // 3)
 
 
 def markdown(doc: dict) -> str:
@@ -167,7 +205,12 @@ def markdown(doc: dict) -> str:
              f"{doc['loadavg_start'][0]:.1f}): each pair is one streamed chat request to `slm serve` at concurrency 1 "
              f"and the same prompt ids through the same runtime in a worker pinned to the same core, order "
              f"alternating; overhead = median over pairs of (server E2E - in-process time), with a "
-             f"distribution-free 95% confidence interval of that median and the p25-p75 spread of the pairs.", ""] + report.overhead_table(doc["results"])
+             f"distribution-free 95% confidence interval of that median and the p25-p75 spread of the pairs.", ""]
+    lines += report.overhead_table(doc["results"])
+    if doc.get("http_floor"):
+        f = doc["http_floor"]["ms"]
+        lines += ["", f"Floor: {doc['http_floor']['what']}: median {f['median']:.2f} ms (p25 {f['p25']:.2f}, "
+                  f"p75 {f['p75']:.2f}) over {doc['http_floor']['requests']} requests."]
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +222,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=30, help="measured pairs per configuration (llama134m: a third)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--input-len", type=int, default=32)
-    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--output-lens", default="1,64", help="output lengths to measure, comma list")
     ap.add_argument("--server-cpus", default="1")
     ap.add_argument("--client-cpus", default="0")
     ap.add_argument("--out", type=Path, default=HERE)
@@ -189,13 +232,15 @@ def main() -> None:
     a.raw.mkdir(parents=True, exist_ok=True)
     doc = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_start": os.getloadavg(),
            "method": __doc__.split("\n\n")[1].replace("\n", " "), "results": []}
+    doc["http_floor"] = http_floor(a.server_cpus, a.raw)
     for model_name in a.models.split(","):
-        n = pairs_for(model_name, a.pairs)
-        for backend in a.backends.split(","):
-            for scheduler in a.schedulers.split(","):
-                doc["results"].append(measure(model_name, scheduler, backend, pairs_n=n, warmup=a.warmup,
-                                              input_len=a.input_len, output_len=a.output_len,
-                                              server_cpus=a.server_cpus, raw=a.raw))
+        for output_len in map(int, a.output_lens.split(",")):
+            n = pairs_for(model_name, a.pairs, output_len)
+            for backend in a.backends.split(","):
+                for scheduler in a.schedulers.split(","):
+                    doc["results"].append(measure(model_name, scheduler, backend, pairs_n=n, warmup=a.warmup,
+                                                  input_len=a.input_len, output_len=output_len,
+                                                  server_cpus=a.server_cpus, raw=a.raw))
     doc["loadavg_end"] = os.getloadavg()
     write_json_atomic(a.out / "overhead.json", doc)
     (a.out / "overhead.md").write_text(markdown(doc))

@@ -188,7 +188,7 @@ def main() -> None:
             statuses.append(s)
         if a.overhead_pairs and time.time() - started < a.budget_min * 60:
             print(f"  HTTP overhead, paired ({model_name})", flush=True)
-            n = overhead.pairs_for(model_name, a.overhead_pairs)
+            n = overhead.pairs_for(model_name, a.overhead_pairs, a.output_len)
             for sched in ("naive", "continuous"):
                 if ("slm", sched, "torch") in wanted:
                     paired.setdefault(model_name, {})[sched] = overhead.measure(
