@@ -73,6 +73,7 @@ def fused_graph(model_path: Path, config: dict, pack: bool = True) -> bytes | No
     heads, kv_heads = int(config["num_attention_heads"]), int(config.get("num_key_value_heads") or config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
     producer = {o: n for n in g.node for o in n.output}
+    weights = {i.name for i in g.initializer}
     layers = sum(1 for i in g.input if i.name.startswith("past_key_values.") and i.name.endswith(".key"))
     cos, sin = _rope_cache(config, head_dim)
     g.initializer.extend([numpy_helper.from_array(cos, "slm_cos"), numpy_helper.from_array(sin, "slm_sin")])
@@ -81,7 +82,9 @@ def fused_graph(model_path: Path, config: dict, pack: bool = True) -> bytes | No
         p = f"/model/layers.{i}/self_attn/"
         outs = [_group_edges(g.node, p + f"{n}_proj/", producer)[1] for n in "qkv"]
         entering, _ = _group_edges(g.node, p + "o_proj/", producer)
-        sources = {id(producer[x]): x for x in entering}  # a quantizer feeds o_proj 3 tensors
+        # a dynamic quantizer feeds o_proj 3 tensors from one node; static QDQ adds the weight's
+        # DequantizeLinear (of a constant), which is not the attention output
+        sources = {id(producer[x]): x for x in entering if not _is_constant_dq(producer[x], weights)}
         if any(len(o) != 1 for o in outs) or len(sources) != 1:
             return None
         attn = sources.popitem()[1]
@@ -114,6 +117,10 @@ def fused_graph(model_path: Path, config: dict, pack: bool = True) -> bytes | No
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model.SerializeToString()
+
+
+def _is_constant_dq(node, initializers: set[str]) -> bool:
+    return node.op_type == "DequantizeLinear" and node.input[0] in initializers
 
 
 def _pack_qkv(g, nodes: list, name: str):
