@@ -29,7 +29,8 @@ class Generator(Protocol):
     """
 
     backend: str
-    eos_token_id: int | None
+    eos_token_id: int | None  # the first of eos_token_ids (None when the model has none)
+    eos_token_ids: tuple[int, ...]  # every id that ends a sequence (a config may list several)
     pad_token_id: int
     max_length: int
 

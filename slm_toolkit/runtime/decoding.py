@@ -53,10 +53,11 @@ def sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.
 def generate(gen: Any, input_ids: Sequence[Sequence[int]], config: GenerationConfig) -> list[list[int]]:
     """The shared generation loop: prefill, then one decode_step per token; finished rows are dropped.
 
-    Returns the new tokens of each prompt without the EOS / stop token that ended it.
+    Returns the new tokens of each prompt without the EOS / stop token that ended it. Every id
+    of `gen.eos_token_ids` is an EOS: masked before min_new_tokens, ignored with ignore_eos.
     """
     stops = set(config.stop_token_ids)
-    eos = set() if config.ignore_eos else set(stop_id_set(gen.eos_token_id))
+    eos = set() if config.ignore_eos else set(gen.eos_token_ids)
     rng = np.random.default_rng(config.seed)
     out: list[list[int]] = [[] for _ in input_ids]
     if config.max_new_tokens <= 0 or not input_ids:

@@ -132,8 +132,8 @@ class OrtGenerator:
         self.sliced = sliced
         gen = generation_config or {}
         eos = gen.get("eos_token_id", config.get("eos_token_id"))
-        self._eos_all = stop_id_set(eos)
-        self.eos_token_id = self._eos_all[0] if self._eos_all else None
+        self.eos_token_ids = stop_id_set(eos)
+        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
         pad = config.get("pad_token_id", gen.get("pad_token_id"))
         self.pad_token_id = int(pad if pad is not None else (self.eos_token_id or 0))
         self.max_length = int(config.get("max_position_embeddings") or 2048)
@@ -206,11 +206,6 @@ class OrtGenerator:
         return logits[:, -1].astype(np.float32, copy=False), OrtState(present, mask, state.positions + 1)
 
     def generate(self, input_ids: Sequence[Sequence[int]], config: GenerationConfig) -> list[list[int]]:
-        extra = tuple(i for i in self._eos_all[1:] if not config.ignore_eos)
-        if extra:
-            from dataclasses import replace
-
-            config = replace(config, stop_token_ids=tuple(config.stop_token_ids) + extra)
         return generate(self, input_ids, config)
 
     def merge(self, states: Sequence[OrtState]) -> OrtState:

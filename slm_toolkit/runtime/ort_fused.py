@@ -281,8 +281,8 @@ class FusedOrtGenerator:
     def __init__(self, session: Any, config: dict, generation_config: dict | None = None, share_buffer: bool = True):
         gen = generation_config or {}
         self.session = session
-        self._eos_all = stop_id_set(gen.get("eos_token_id", config.get("eos_token_id")))
-        self.eos_token_id = self._eos_all[0] if self._eos_all else None
+        self.eos_token_ids = stop_id_set(gen.get("eos_token_id", config.get("eos_token_id")))
+        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
         pad = config.get("pad_token_id", gen.get("pad_token_id"))
         self.pad_token_id = int(pad if pad is not None else (self.eos_token_id or 0))
         self.max_length = int(config.get("max_position_embeddings") or 2048)
@@ -359,11 +359,6 @@ class FusedOrtGenerator:
         return logits[:, 0].astype(np.float32, copy=False), FusedState(present, lengths)
 
     def generate(self, input_ids: Sequence[Sequence[int]], config: GenerationConfig) -> list[list[int]]:
-        extra = tuple(i for i in self._eos_all[1:] if not config.ignore_eos)
-        if extra:
-            from dataclasses import replace
-
-            config = replace(config, stop_token_ids=tuple(config.stop_token_ids) + extra)
         return generate(self, input_ids, config)
 
     def merge(self, states: Sequence[FusedState]) -> FusedState:

@@ -66,8 +66,8 @@ class TensorRTGenerator:
         self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         gen = generation_config or {}
-        self._eos_all = stop_id_set(gen.get("eos_token_id", config.get("eos_token_id")))
-        self.eos_token_id = self._eos_all[0] if self._eos_all else None
+        self.eos_token_ids = stop_id_set(gen.get("eos_token_id", config.get("eos_token_id")))
+        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
         pad = config.get("pad_token_id", gen.get("pad_token_id"))
         self.pad_token_id = int(pad if pad is not None else (self.eos_token_id or 0))
         lo, _, hi = engine.get_tensor_profile_shape(self.past_names[0], DECODE)

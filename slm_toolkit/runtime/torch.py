@@ -68,7 +68,7 @@ class TorchGenerator:
             eos_token_id = getattr(gen_cfg, "eos_token_id", None) or cfg.eos_token_id
         stops = stop_id_set(eos_token_id)
         self.eos_token_id = eos_token_id if isinstance(eos_token_id, int) or eos_token_id is None else (stops[0] if stops else None)
-        self._eos_all = stops
+        self.eos_token_ids = stops
         if pad_token_id is None:
             pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else (stops[0] if stops else 0)
         self.pad_token_id = int(pad_token_id)
@@ -104,7 +104,7 @@ class TorchGenerator:
         return self._np(out.logits[:, -1]), new
 
     def generate(self, input_ids: Sequence[Sequence[int]], config: GenerationConfig) -> list[list[int]]:
-        return generate(self, input_ids, _with_all_eos(config, self._eos_all, self.eos_token_id))
+        return generate(self, input_ids, config)
 
     def merge(self, states: Sequence[TorchState]) -> TorchState:
         width = max(int(s.mask.shape[1]) for s in states)
@@ -162,13 +162,3 @@ class TorchGenerator:
 def _lpad(t: torch.Tensor, pad: int) -> torch.Tensor:
     """Pad a [B, H, T, D] cache tensor with `pad` zero positions on the left of T."""
     return torch.nn.functional.pad(t, (0, 0, pad, 0)) if pad else t
-
-
-def _with_all_eos(config: GenerationConfig, eos_all: tuple[int, ...], eos: int | None) -> GenerationConfig:
-    """A config whose stop ids include every EOS id of the model (configs may list several)."""
-    extra = tuple(i for i in eos_all if i != eos)
-    if not extra or config.ignore_eos:
-        return config
-    from dataclasses import replace
-
-    return replace(config, stop_token_ids=tuple(config.stop_token_ids) + extra)

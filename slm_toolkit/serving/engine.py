@@ -272,12 +272,12 @@ class Engine:
     def _sample(self, reqs: list[GenRequest], logits: Any) -> None:
         logits = torch.as_tensor(logits)
         greedy = logits.argmax(-1).tolist()  # one call for every greedy row
-        eos = self.generator.eos_token_id
+        eos = list(self.generator.eos_token_ids)
         now = time.perf_counter()
         for i, req in enumerate(reqs):
             p = req.params
             try:
-                mask_eos = eos is not None and req.generated < p.min_tokens
+                mask_eos = bool(eos) and req.generated < p.min_tokens
                 if p.temperature == 0.0 and not mask_eos:
                     token = greedy[i]
                 else:
@@ -294,7 +294,7 @@ class Engine:
             self._accept(req, token, now)
 
     def _accept(self, req: GenRequest, token: int, now: float) -> None:
-        if token == self.generator.eos_token_id and not req.params.ignore_eos:
+        if token in self.generator.eos_token_ids and not req.params.ignore_eos:
             self._finish(req, "stop", now)
             return
         req.generated += 1

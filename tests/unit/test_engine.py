@@ -24,7 +24,7 @@ def next_token(history: list[int]) -> int:
 
 
 class FakeGenerator:
-    backend, eos_token_id, pad_token_id, max_length = "fake", EOS, 0, 512
+    backend, eos_token_id, eos_token_ids, pad_token_id, max_length = "fake", EOS, (EOS,), 0, 512
 
     def __init__(self, fail_prefill: int | None = None, fail_decode: int | None = None):
         self.fail_prefill, self.fail_decode, self.batches = fail_prefill, fail_decode, []
@@ -130,6 +130,27 @@ def test_outputs_equal_one_at_a_time(scheduler):
     assert {r for _, r in want} == {"stop", "length"}  # both endings exercised
     if scheduler == "continuous":
         assert max(gen.batches) == 5  # batched, never above the limit
+
+
+def test_continuous_engine_stops_on_every_eos_id():
+    """A second EOS id of the model ends a request like the first (and is masked by min_tokens)."""
+    prompt = [3, 3]
+    second = next_token(prompt)  # the first token the fake generates for this prompt
+    gen = FakeGenerator()
+    gen.eos_token_ids = (EOS, second)
+    eng = make_engine(gen, scheduler="continuous")
+
+    async def main():
+        stopped = await run_one(eng, prompt, SamplingParams(max_tokens=4))
+        forced = await run_one(eng, prompt, SamplingParams(max_tokens=4, min_tokens=1))
+        ignored = await run_one(eng, prompt, SamplingParams(max_tokens=1, ignore_eos=True))
+        return stopped, forced, ignored
+
+    stopped, forced, ignored = asyncio.run(main())
+    eng.stop()
+    assert second != EOS and stopped == ([], "stop")
+    assert forced[0][0] not in (EOS, second)  # masked: the runner-up was taken
+    assert ignored == ([second], "length")
 
 
 def test_token_budget_limits_one_step_admission():

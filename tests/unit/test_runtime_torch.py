@@ -103,10 +103,25 @@ def test_eos_min_new_tokens_and_stop_ids():
     # stopping on the first generated token yields nothing (the stop token is not returned)
     assert gen.generate([[1, 3]], GenerationConfig(max_new_tokens=5, stop_token_ids=(first,)))[0] == []
     gen.eos_token_id = first
-    gen._eos_all = (first,)
+    gen.eos_token_ids = (first,)
     assert gen.generate([[1, 3]], GenerationConfig(max_new_tokens=5))[0] == []
     forced = gen.generate([[1, 3]], GenerationConfig(max_new_tokens=5, min_new_tokens=3))[0]
     assert len(forced) >= 3 and first not in forced[:3]
+
+
+def test_every_eos_id_of_the_model_ends_a_sequence():
+    """A config may list several EOS ids (e.g. Llama 3's end-of-text and end-of-turn): the second
+    one ends generation like the first, is masked before min_new_tokens, and ignore_eos skips both."""
+    model = tiny_llama()
+    probe = TorchGenerator(model).generate([[1, 3]], GenerationConfig(max_new_tokens=5, ignore_eos=True))[0]
+    first = probe[0]
+    other = (first + 1) % model.config.vocab_size
+    gen = TorchGenerator(model, eos_token_id=[other, first])
+    assert gen.eos_token_id == other and gen.eos_token_ids == (other, first)
+    assert gen.generate([[1, 3]], GenerationConfig(max_new_tokens=5))[0] == []
+    forced = gen.generate([[1, 3]], GenerationConfig(max_new_tokens=5, min_new_tokens=3))[0]
+    assert len(forced) >= 3 and not {first, other} & set(forced[:3])
+    assert gen.generate([[1, 3]], GenerationConfig(max_new_tokens=5, ignore_eos=True))[0] == probe
 
 
 def test_sampling_is_seeded_and_top_p_tiny_is_greedy(gen):
