@@ -53,27 +53,17 @@ def _find(rows, server, scheduler, backend, model=TARGET_MODEL, c=TARGET_C):
                  and (r.get("completed") or server == "inprocess_static")), None)
 
 
-def http_overhead(rows, inproc, paired=None) -> dict[str, dict[str, float]]:
-    """Per model and scheduler: our server's E2E at concurrency 1 (torch) minus the same prompts
-    generated in-process by the toolkit's runtime. From overhead.py's interleaved pairs (median of
-    the per-pair differences) when measured, else the difference of the two medians. The naive
-    scheduler runs exactly that generate call, so its difference is the HTTP/server cost alone;
-    the continuous scheduler's also includes its per-token step and streaming cost."""
-    out: dict[str, dict[str, float]] = {}
-    for model, per in (paired or {}).items():
-        for sched, res in per.items():
-            out.setdefault(model, {})[sched] = res["diff_ms"]["median"]
-    for model, res in inproc.items():
-        if model in out:
-            continue
-        for sched in ("naive", "continuous"):
-            srv = _find(rows, "slm", sched, "torch", model, 1)
-            if srv and res.get("single") and srv.get("median_e2el_ms") is not None:
-                out.setdefault(model, {})[sched] = srv["median_e2el_ms"] - res["single"]["median_ms"]
-    return out
+def http_overhead(paired) -> dict[str, dict[str, float]]:
+    """Per model and scheduler: the median of overhead.py's interleaved per-pair differences (our
+    server's E2E at concurrency 1 minus the same prompt ids generated in-process by the toolkit's
+    runtime). The naive scheduler runs exactly that generate call, so its difference is the
+    HTTP/server cost alone; the continuous scheduler's also includes its per-token step and
+    streaming cost."""
+    return {model: {sched: res["diff_ms"]["median"] for sched, res in per.items()}
+            for model, per in (paired or {}).items()}
 
 
-def targets(rows, overhead, idle, noise_ms: float | None = None, paired=None) -> list[dict]:
+def targets(rows, overhead, idle, paired=None) -> list[dict]:
     """The issue's targets at 134M, concurrency 16, each with its measured value."""
     cont, naive = _find(rows, "slm", "continuous", "torch"), _find(rows, "slm", "naive", "torch")
     static = _find(rows, "inprocess_static", "static", "torch")
@@ -117,11 +107,6 @@ def targets(rows, overhead, idle, noise_ms: float | None = None, paired=None) ->
             what = "HTTP overhead per request" if sched == "naive" else "server overhead per request"
             t = {"target": f"{what}, ms ({model}, {sched})", "value": res["diff_ms"]["median"]}
             out.append(_paired_verdict(t, res))
-    if noise_ms is not None and not per:  # an overhead smaller than the run-to-run spread is not resolved by this run
-        for t in out:
-            if "overhead" in t["target"] and t["value"] is not None and (t["value"] < 0 or t["value"] <= noise_ms):
-                t["met"], t["goal"] = None, (f"<= 2 (unresolved: the in-process runs alone spread ±{noise_ms:.0f} ms "
-                                             "on this shared machine; a negative value is noise)")
     return out
 
 
@@ -138,7 +123,7 @@ def build(rows, statuses, inproc, settings, wall_s, paired=None) -> dict:
     import transformers
 
     idle = {s["config"]: s["idle_cpu_percent"] for s in statuses if "idle_cpu_percent" in s}
-    overhead = http_overhead(rows, inproc, paired)
+    overhead = http_overhead(paired)
     env = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
            "platform": platform.platform(), "cpu": _cpu_name(), "cpus": os.cpu_count()}
     return {"benchmark": "serving", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -146,16 +131,10 @@ def build(rows, statuses, inproc, settings, wall_s, paired=None) -> dict:
             "environment": env, "wall_s": wall_s, "formulas": FORMULAS,
             "http_overhead_ms": overhead.get(TARGET_MODEL, {}).get("naive"),
             "http_overhead_ms_by_model": overhead, "idle_cpu_percent": idle,
-            "targets": targets(rows, overhead, idle, _noise(inproc), paired), "servers": statuses, "inprocess": inproc,
+            "targets": targets(rows, overhead, idle, paired), "servers": statuses, "inprocess": inproc,
             "http_overhead_paired": {m: {k: {x: v[x] for x in v if x != "detail"} for k, v in per.items()}
                                      for m, per in (paired or {}).items()},
             "rows": rows}
-
-
-def _noise(inproc) -> float | None:
-    """Half the range of the in-process batch-1 times of the target model (ms)."""
-    t = (inproc.get(TARGET_MODEL) or {}).get("single", {}).get("seconds")
-    return (max(t) - min(t)) * 500 if t else None
 
 
 def _cpu_name() -> str:
@@ -199,7 +178,6 @@ def markdown(doc: dict) -> str:
                      f"{_f(r['output_throughput'])} | {_f(r['median_ttft_ms'])} | {_f(r['p99_ttft_ms'])} | "
                      f"{_f(r['median_tpot_ms'], '.2f')} | {_f(r.get('median_e2el_ms'), '.0f')} | "
                      f"{r.get('completed', '—')}/{r.get('failed', '—')} |")
-    ovh = {m: {k: round(v, 2) for k, v in d.items()} for m, d in doc["http_overhead_ms_by_model"].items()}
     lines += ["", "Our `naive` scheduler runs one plain `generate` per request and sends its tokens when it "
               "finishes, so its TTFT equals its E2E and its TPOT is the streaming of already-made tokens.",
               "", "† no `usage` from the server: output tokens re-tokenized from the streamed text; it streams "
@@ -213,9 +191,7 @@ def markdown(doc: dict) -> str:
                   "(server E2E - in-process). `naive` runs exactly that generate call; `continuous` adds its "
                   "per-token steps and streaming.", "", *overhead_table(paired), ""]
     else:
-        lines += ["Overhead per request (our server's median E2E at concurrency 1, torch, minus the same prompts "
-                  "generated in-process by the toolkit's runtime, batch 1; ms; `naive` runs exactly that generate "
-                  f"call, `continuous` adds its per-token steps and streaming): {json.dumps(ovh)}", ""]
+        lines += ["Overhead per request: not measured (run with `--overhead-pairs` above 0).", ""]
     lines += ["Idle server CPU (% of one core over "
               f"{s['idle_seconds']} s after start-up): "
               + json.dumps({k: round(v, 2) for k, v in doc["idle_cpu_percent"].items()}), "", "## Server status", ""]
@@ -273,9 +249,9 @@ def write(doc: dict, out: Path) -> None:
 def refresh(doc: dict) -> dict:
     """Recompute the derived figures (overhead, targets) from rows and in-process timings."""
     paired = doc.get("http_overhead_paired")
-    overhead = http_overhead(doc["rows"], doc["inprocess"], paired)
+    overhead = http_overhead(paired)
     doc.update(http_overhead_ms=overhead.get(TARGET_MODEL, {}).get("naive"), http_overhead_ms_by_model=overhead,
-               targets=targets(doc["rows"], overhead, doc["idle_cpu_percent"], _noise(doc["inprocess"]), paired))
+               targets=targets(doc["rows"], overhead, doc["idle_cpu_percent"], paired))
     return doc
 
 

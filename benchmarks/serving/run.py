@@ -140,12 +140,11 @@ def bench_config(cfg, folder, onnx, pool, counts, a, raw_dir: Path, count_tokens
     return rows, status
 
 
-def run_static(folder: Path, prompt_ids: list[list[int]], a, raw_dir: Path, single: int) -> dict:
+def run_static(folder: Path, prompt_ids: list[list[int]], a, raw_dir: Path) -> dict:
     pj, out = raw_dir / f"{folder.name}-prompts.json", raw_dir / f"{folder.name}-inprocess.json"
     pj.write_text(json.dumps(prompt_ids))
     cmd = ["taskset", "-c", a.server_cpus, sys.executable, str(HERE / "inprocess.py"), str(folder), str(pj),
-           str(out), "--new", str(a.output_len), "--batch", "16", "--repeats", str(a.static_repeats),
-           "--single", str(single)]
+           str(out), "--new", str(a.output_len), "--batch", "16", "--repeats", str(a.static_repeats)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -177,7 +176,7 @@ def main() -> None:
         count = lambda text, tok=tok: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         if time.time() - started < a.budget_min * 60:
             print(f"  in-process static batch of 16 ({model_name})", flush=True)
-            inproc[model_name] = run_static(folder, ids, a, raw_dir, single=counts.get(1, 4))
+            inproc[model_name] = run_static(folder, ids, a, raw_dir)
             rows += report.static_rows(inproc[model_name], model_name)
         for cfg in wanted:
             if time.time() - started > a.budget_min * 60:
