@@ -33,16 +33,21 @@ def main() -> None:
         out = client.post("/v1/completions", json=body).raise_for_status().json()
         print(f"completion: {out['choices'][0]['text']!r} ({out['choices'][0]['finish_reason']}, {out['usage']})")
 
-        chat = {"model": model, "messages": [{"role": "user", "content": args.prompt}],
-                "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
-                "stream_options": {"include_usage": True}}
+        chat = {
+            "model": model,
+            "messages": [{"role": "user", "content": args.prompt}],
+            "max_tokens": args.max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         print("chat (streamed): ", end="", flush=True)
         with client.stream("POST", "/v1/chat/completions", json=chat) as resp:
             resp.raise_for_status()
             for line in resp.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                chunk = json.loads(line[len("data: "):])
+                chunk = json.loads(line[len("data: ") :])
                 for choice in chunk["choices"]:
                     print(choice["delta"].get("content", ""), end="", flush=True)
                 if chunk.get("usage"):

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from slm_toolkit.errors import RecipeError, StageFailed
+from slm_toolkit.core.errors import RecipeError, StageFailed
 
 app = typer.Typer(
     name="slm",
@@ -32,8 +32,9 @@ err = Console(stderr=True)
 RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file", show_default=False)]
 OverridesArg = Annotated[
     Optional[list[str]],
-    typer.Argument(help="overrides key.path=value, e.g. stages.0.distill.truncate.fraction=0.25 seed=3",
-                   show_default=False),
+    typer.Argument(
+        help="overrides key.path=value, e.g. stages.0.distill.truncate.fraction=0.25 seed=3", show_default=False
+    ),
 ]
 
 
@@ -65,9 +66,7 @@ def run(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
     restart: Annotated[bool, typer.Option("--restart", help="rerun every stage (deletes earlier results)")] = False,
-    run_dir: Annotated[
-        Optional[Path], typer.Option("--run-dir", help="run folder (default: runs/<name>)")
-    ] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="run folder (default: runs/<name>)")] = None,
 ) -> None:
     """Run a recipe's stages in order, resuming where an earlier run stopped."""
     r = _load(recipe, overrides)
@@ -106,7 +105,9 @@ def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
 @app.command(name="eval")
 def eval_cmd(
     artifact: Annotated[Path, typer.Argument(help="artifact folder (HF or ONNX)", show_default=False)],
-    data: Annotated[str, typer.Option("--data", help="builtin:arith-cot, a .jsonl file or a folder")] = "builtin:arith-cot",
+    data: Annotated[
+        str, typer.Option("--data", help="builtin:arith-cot, a .jsonl file or a folder")
+    ] = "builtin:arith-cot",
     n_eval: Annotated[int, typer.Option("--eval", min=1, help="eval examples")] = 200,
     backend: Annotated[str, typer.Option("--backend", help="auto | torch | onnxruntime")] = "auto",
     reference: Annotated[
@@ -125,7 +126,7 @@ def eval_cmd(
     try:
         cfg = EvaluateConfig(backend=backend)
     except ValidationError as exc:
-        from slm_toolkit.errors import validation_lines
+        from slm_toolkit.core.errors import validation_lines
 
         raise _fail(validation_lines(exc, {"backend": backend})[0].replace("backend", "--backend", 1), 2) from None
     try:
@@ -145,20 +146,24 @@ def eval_cmd(
 
 
 def _evaluate(cfg, artifact: Path, reference: Path, data: str, n_eval: int, seed: int, device: str) -> dict:
+    from slm_toolkit.core.artifacts import read_meta
     from slm_toolkit.data.loaders import load_data
     from slm_toolkit.evaluate.stage import run as evaluate_run
     from slm_toolkit.pipeline import resolve_device, seed_everything
     from slm_toolkit.stage import StageInput
-
-    from slm_toolkit.artifacts import read_meta
 
     task = read_meta(artifact).get("task") or {}  # the demo task the artifact was made for, if known
     bundle = load_data(data, "auto", 1, n_eval, seed, task if isinstance(task, dict) else {})
     seed_everything(seed)
     with tempfile.TemporaryDirectory(prefix="slm-eval-") as tmp:
         inp = StageInput(
-            artifact=artifact, model=reference, data=bundle, workdir=Path(tmp),
-            run_dir=Path(tmp), device=resolve_device(device), seed=seed,
+            artifact=artifact,
+            model=reference,
+            data=bundle,
+            workdir=Path(tmp),
+            run_dir=Path(tmp),
+            device=resolve_device(device),
+            seed=seed,
         )
         return dict(evaluate_run(cfg, inp).metrics)
 

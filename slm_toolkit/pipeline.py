@@ -31,15 +31,25 @@ from typing import Any
 
 from rich.console import Console
 
-from slm_toolkit.artifacts import (
-    hash_folder, read_meta, replace_dir, write_json_atomic, write_meta, write_text_atomic,
+from slm_toolkit.core.artifacts import (
+    hash_folder,
+    read_meta,
+    replace_dir,
+    write_json_atomic,
+    write_meta,
+    write_text_atomic,
 )
-from slm_toolkit.errors import RecipeError, StageFailed
+from slm_toolkit.core.errors import RecipeError, StageFailed
 from slm_toolkit.recipe import Recipe, StageEntry, dump_resolved
 from slm_toolkit.run_folder import (
-    ERROR_LOG, MANIFEST, clear_stage_folders, link_final, old_records, prepare_workdir, run_lock,
+    ERROR_LOG,
+    MANIFEST,
+    clear_stage_folders,
+    link_final,
+    old_records,
+    prepare_workdir,
+    run_lock,
 )
-
 
 
 def _now() -> str:
@@ -72,7 +82,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a CUDA device is available, else "cpu"; "cuda" must be available."""
+    """ "auto" -> "cuda" when a CUDA device is available, else "cpu"; "cuda" must be available."""
     if device == "cpu":
         return "cpu"
     import torch
@@ -145,9 +155,7 @@ class _Run:
 
             d = self.recipe.data
             with self.console.status(f"loading data {d.source} ..."):
-                self._data = load_data(
-                    d.source, d.format, d.train, d.eval, self.recipe.seed, d.task.model_dump()
-                )
+                self._data = load_data(d.source, d.format, d.train, d.eval, self.recipe.seed, d.task.model_dump())
         return self._data
 
 
@@ -194,8 +202,11 @@ def _resolve_model(r: Recipe, console: Console) -> Path:
     console.print(f"[bold]model[/] {r.model}")
     return Path(
         resolve_model(
-            r.model, task=r.data.task.model_dump(), seed=r.seed,
-            trust_remote_code=r.trust_remote_code, progress=True,
+            r.model,
+            task=r.data.task.model_dump(),
+            seed=r.seed,
+            trust_remote_code=r.trust_remote_code,
+            progress=True,
         )
     )
 
@@ -204,9 +215,15 @@ def _run_stages(state: _Run, model: Path, old: dict[str, dict[str, Any]]) -> Non
     r = state.recipe
     data_id = data_identity(r)
     state.manifest = {
-        "name": r.name, "model": r.model, "model_path": str(model.resolve()),
-        "seed": r.seed, "device": state.device, "data_identity": data_id,
-        "recipe": "recipe.resolved.yaml", "status": "running", "started_at": _now(),
+        "name": r.name,
+        "model": r.model,
+        "model_path": str(model.resolve()),
+        "seed": r.seed,
+        "device": state.device,
+        "data_identity": data_id,
+        "recipe": "recipe.resolved.yaml",
+        "status": "running",
+        "started_at": _now(),
         "stages": [_pending(i, e) for i, e in enumerate(r.stages, 1)],
     }
     state.save()
@@ -215,12 +232,16 @@ def _run_stages(state: _Run, model: Path, old: dict[str, dict[str, Any]]) -> Non
     for i, entry in enumerate(r.stages, 1):
         record = state.manifest["stages"][i - 1]
         input_hash = state.artifact_hash(artifact)
-        record.update(input_artifact_hash=input_hash,
-                      key=stage_key(entry, input_hash, r.seed, data_id))
+        record.update(input_artifact_hash=input_hash, key=stage_key(entry, input_hash, r.seed, data_id))
         prev = old.get(record["folder"])
         if _reusable(state, prev, record):
-            record.update({k: prev[k] for k in ("metrics", "timings", "artifact", "artifact_hash",
-                                                 "started_at", "finished_at", "extra") if k in prev})
+            record.update(
+                {
+                    k: prev[k]
+                    for k in ("metrics", "timings", "artifact", "artifact_hash", "started_at", "finished_at", "extra")
+                    if k in prev
+                }
+            )
             record.update(status="skipped", reused=True)  # done by an earlier run, unchanged
             state.console.print(f"[dim]↷ [{i}/{total}] {record['folder']} skipped (unchanged)[/]")
             state.save()
@@ -234,10 +255,17 @@ def _run_stages(state: _Run, model: Path, old: dict[str, dict[str, Any]]) -> Non
 
 def _pending(index: int, entry: StageEntry) -> dict[str, Any]:
     return {
-        "index": index, "name": entry.name, "folder": f"{index:02d}-{entry.name}",
-        "config": entry.config.model_dump(mode="json"), "config_hash": config_hash(entry),
-        "input_kind": entry.input_kind, "output_kind": entry.output_kind,
-        "status": "pending", "metrics": {}, "timings": {}, "artifact": None,
+        "index": index,
+        "name": entry.name,
+        "folder": f"{index:02d}-{entry.name}",
+        "config": entry.config.model_dump(mode="json"),
+        "config_hash": config_hash(entry),
+        "input_kind": entry.input_kind,
+        "output_kind": entry.output_kind,
+        "status": "pending",
+        "metrics": {},
+        "timings": {},
+        "artifact": None,
     }
 
 
@@ -250,8 +278,9 @@ def _reusable(state: _Run, prev: dict[str, Any] | None, record: dict[str, Any]) 
     return artifact is None or artifact.exists()
 
 
-def _run_one(state: _Run, i: int, total: int, entry: StageEntry, record: dict[str, Any],
-             artifact: Path | None, model: Path) -> None:
+def _run_one(
+    state: _Run, i: int, total: int, entry: StageEntry, record: dict[str, Any], artifact: Path | None, model: Path
+) -> None:
     from slm_toolkit.registry import STAGES
     from slm_toolkit.stage import StageInput
 
@@ -264,8 +293,13 @@ def _run_one(state: _Run, i: int, total: int, entry: StageEntry, record: dict[st
     record.pop("error", None)
     state.save()
     inp = StageInput(
-        artifact=artifact, model=model, data=data, workdir=workdir,
-        run_dir=state.run_dir, device=state.device, seed=state.recipe.seed,
+        artifact=artifact,
+        model=model,
+        data=data,
+        workdir=workdir,
+        run_dir=state.run_dir,
+        device=state.device,
+        seed=state.recipe.seed,
         history=_history(state, i),
     )
     seed_everything(state.recipe.seed)
@@ -279,16 +313,18 @@ def _run_one(state: _Run, i: int, total: int, entry: StageEntry, record: dict[st
         raise
     wall = time.perf_counter() - t0
     _complete(state, record, out, workdir, final, wall)
-    state.console.print(f"[green]✓[/] {record['folder']} completed in {wall:.1f}s  {_brief(record['metrics'])}",
-                        soft_wrap=True)
+    state.console.print(
+        f"[green]✓[/] {record['folder']} completed in {wall:.1f}s  {_brief(record['metrics'])}", soft_wrap=True
+    )
 
 
 def _history(state: _Run, i: int) -> list[Any]:
     from slm_toolkit.stage import StageRecord
 
     return [
-        StageRecord(index=r["index"], name=r["name"], artifact=state.abs(r["artifact"]),
-                    metrics=dict(r.get("metrics", {})))
+        StageRecord(
+            index=r["index"], name=r["name"], artifact=state.abs(r["artifact"]), metrics=dict(r.get("metrics", {}))
+        )
         for r in state.manifest["stages"][: i - 1]
     ]
 
@@ -306,8 +342,7 @@ def _fail(state: _Run, record: dict[str, Any], exc: BaseException, wall: float) 
     state.save()
 
 
-def _complete(state: _Run, record: dict[str, Any], out: Any, workdir: Path, final: Path,
-              wall: float) -> None:
+def _complete(state: _Run, record: dict[str, Any], out: Any, workdir: Path, final: Path, wall: float) -> None:
     metrics = {k: v for k, v in (out.metrics or {}).items() if isinstance(v, (int, float))}
     timings = {**{k: float(v) for k, v in (out.timings or {}).items()}, "wall_s": wall}
     extra = dict(out.extra or {})
@@ -323,8 +358,12 @@ def _complete(state: _Run, record: dict[str, Any], out: Any, workdir: Path, fina
             artifact = final / inner
     replace_dir(workdir, final)
     record.update(
-        status="completed", finished_at=_now(), metrics=metrics, timings=timings,
-        artifact=state.rel(artifact), artifact_hash=state.artifact_hash(artifact),
+        status="completed",
+        finished_at=_now(),
+        metrics=metrics,
+        timings=timings,
+        artifact=state.rel(artifact),
+        artifact_hash=state.artifact_hash(artifact),
         extra={"plots": list(extra.get("plots", []))} if extra.get("plots") else {},
     )
     state.save()
@@ -361,8 +400,7 @@ def _fmt(v: Any) -> str:
 def _finish(state: _Run) -> None:
     from slm_toolkit.report import build_report
 
-    last = next((state.abs(r["artifact"]) for r in reversed(state.manifest["stages"])
-                 if r.get("artifact")), None)
+    last = next((state.abs(r["artifact"]) for r in reversed(state.manifest["stages"]) if r.get("artifact")), None)
     if last is not None:
         link_final(state.run_dir, last)
     report = build_report(state.run_dir)

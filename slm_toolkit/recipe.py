@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
-from slm_toolkit import yamlio
+from slm_toolkit.core import yamlio
+from slm_toolkit.core.errors import RecipeError, format_path, validation_lines
 from slm_toolkit.data.config import DataConfig
-from slm_toolkit.errors import RecipeError, format_path, validation_lines
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -70,8 +70,7 @@ class RecipeHeader(BaseModel):
     def _name(cls, v: str) -> str:
         if not _SAFE_NAME.match(v):
             raise ValueError(
-                "must be a folder name: letters, digits, '.', '_' or '-' (at most 100, "
-                "not starting with '.' or '-')"
+                "must be a folder name: letters, digits, '.', '_' or '-' (at most 100, not starting with '.' or '-')"
             )
         return v
 
@@ -109,8 +108,7 @@ def load_recipe(path: Path | str, overrides: Sequence[str] = ()) -> Recipe:
         raise RecipeError(f"{source}: the recipe is empty (expected a mapping with name, model, stages)")
     if not isinstance(raw, dict):
         raise RecipeError(
-            f"{source}: the top level must be a mapping (name, model, data, stages), "
-            f"not a {_yaml_type(raw)}"
+            f"{source}: the top level must be a mapping (name, model, data, stages), not a {_yaml_type(raw)}"
         )
     raw = apply_overrides(raw, overrides)
     return parse_recipe(raw)
@@ -148,7 +146,7 @@ def _parse_stages(raw: Any, present: bool, lines: list[str]) -> list[StageEntry]
         if not isinstance(entry, dict) or len(entry) != 1:
             lines.append(_entry_problem(i, entry))
             continue
-        (name, cfg_raw), = entry.items()
+        ((name, cfg_raw),) = entry.items()
         spec = STAGES.get(name) if isinstance(name, str) else None
         if spec is None:
             lines.append(_unknown_stage(i, name, STAGES))
@@ -197,7 +195,7 @@ def _unknown_stage(i: int, name: Any, stages: dict[str, Any]) -> str:
 
 def _model_kind(model: str) -> str:
     """The artifact kind of the recipe's model: that of a local folder, else a HF model."""
-    from slm_toolkit.artifacts import artifact_kind
+    from slm_toolkit.core.artifacts import artifact_kind
 
     path = Path(model).expanduser()
     if not model.startswith("builtin:") and path.is_dir():
@@ -219,9 +217,7 @@ def _check_order(stages: list[StageEntry], model: str) -> list[str]:
         path = format_path(["stages", i, entry.name])
         if kind not in spec.accepts:
             accepts = " or ".join(sorted(spec.accepts))
-            lines.append(
-                f"{path}: accepts {accepts} artifacts, but its input is {kind} (from {source})"
-            )
+            lines.append(f"{path}: accepts {accepts} artifacts, but its input is {kind} (from {source})")
             return lines
         try:
             out_kind = spec.output_kind(entry.config, kind)
@@ -236,8 +232,9 @@ def _check_order(stages: list[StageEntry], model: str) -> list[str]:
 def _yaml_type(value: Any) -> str:
     if value is None:
         return "null"
-    return {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "number",
-            float: "number"}.get(type(value), type(value).__name__)
+    return {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+        type(value), type(value).__name__
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,9 +270,7 @@ def _set_path(raw: dict[str, Any], parts: list[str], value: Any, item: str) -> N
                 raise RecipeError(f"override '{item}': {where} is a list; use an index, not '{part}'")
             idx = int(part)
             if not -len(cur) <= idx < len(cur):
-                raise RecipeError(
-                    f"override '{item}': {where} has {len(cur)} entries; index {idx} does not exist"
-                )
+                raise RecipeError(f"override '{item}': {where} has {len(cur)} entries; index {idx} does not exist")
             if last:
                 cur[idx] = value
                 return
@@ -291,18 +286,14 @@ def _set_path(raw: dict[str, Any], parts: list[str], value: Any, item: str) -> N
                 cur[part] = {}
             cur = cur[part]
         else:
-            raise RecipeError(
-                f"override '{item}': {where} is a {_yaml_type(cur)}, it has no key '{part}'"
-            )
+            raise RecipeError(f"override '{item}': {where} is a {_yaml_type(cur)}, it has no key '{part}'")
 
 
 def _check_stage_name(cur: dict[str, Any], parts: list[str], depth: int, item: str) -> None:
     """`stages.0.distill.x=...` where stage 0 is not `distill`: say so instead of adding a key."""
     if depth == 2 and parts[0] == "stages" and len(cur) == 1 and parts[depth] not in cur:
         actual = next(iter(cur))
-        raise RecipeError(
-            f"override '{item}': stages[{parts[1]}] is '{actual}', not '{parts[depth]}'"
-        )
+        raise RecipeError(f"override '{item}': stages[{parts[1]}] is '{actual}', not '{parts[depth]}'")
 
 
 def _as_loc(parts: list[str]) -> list[int | str]:

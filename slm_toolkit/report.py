@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from slm_toolkit.artifacts import write_text_atomic
+from slm_toolkit.core.artifacts import write_text_atomic
 
 DASH = "—"
 PLOT = "report.png"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from slm_toolkit.artifacts import write_text_atomic
+from slm_toolkit.core.artifacts import write_text_atomic
 
 MANIFEST = "manifest.json"
 KEY_FILE = ".slm_stage_key"

@@ -11,17 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from slm_toolkit.data.example import Example
-
-
-@dataclass
-class DataBundle:
-    """The recipe's data, loaded once: train and eval examples plus where they came from."""
-
-    train: list[Example]
-    eval: list[Example]
-    source: str
-    options: dict[str, Any] = field(default_factory=dict)
+from slm_toolkit.data.example import DataBundle
 
 
 @dataclass

@@ -34,8 +34,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                intermediate_size=8192, vocab_size=32000, max_position_embeddings=4096)
+LLAMA_1B = dict(
+    hidden_size=2048,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=8192,
+    vocab_size=32000,
+    max_position_embeddings=4096,
+)
 
 
 # `--smoke-cpu` (a check of this script on a machine without a GPU, not a measurement): the same
@@ -56,8 +63,10 @@ def preflight() -> dict:
     except ImportError:
         _die("PyTorch is not importable: this benchmark needs a CUDA build of torch >= 2.11")
     if not torch.cuda.is_available():
-        _die("no CUDA GPU is visible to PyTorch: this benchmark needs a CUDA GPU of compute capability "
-             ">= 8.9 (L4, L40S, H100, H200, B200); it measures nothing on a CPU")
+        _die(
+            "no CUDA GPU is visible to PyTorch: this benchmark needs a CUDA GPU of compute capability "
+            ">= 8.9 (L4, L40S, H100, H200, B200); it measures nothing on a CPU"
+        )
     cc = torch.cuda.get_device_capability()
     if tuple(cc) < (8, 9):
         _die(f"{torch.cuda.get_device_name()} has compute capability {cc[0]}.{cc[1]}; fp8 needs >= 8.9")
@@ -66,8 +75,10 @@ def preflight() -> dict:
         try:
             versions[name] = __import__(name).__version__
         except ImportError:
-            _die(f"{name} is not importable here: carry the pinned wheels (benchmarks/gpu/fetch_wheels.sh) "
-                 "or pip install -e . in this environment")
+            _die(
+                f"{name} is not importable here: carry the pinned wheels (benchmarks/gpu/fetch_wheels.sh) "
+                "or pip install -e . in this environment"
+            )
     return {"gpu": torch.cuda.get_device_name(), "capability": f"{cc[0]}.{cc[1]}", **versions}
 
 
@@ -81,10 +92,20 @@ def smoke_setup() -> dict:
     import torch
 
     DEVICE, LOW, LOW_TENSOR = "cpu", "int8_dynamic", "Int8Tensor"
-    LLAMA_1B = dict(LLAMA_1B, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, intermediate_size=256, vocab_size=512)
-    print("fp8_vs_bf16: --smoke-cpu: checking the script on the CPU with int8_dynamic for fp8; "
-          "the figures are NOT an fp8 measurement", file=sys.stderr)
+    LLAMA_1B = dict(
+        LLAMA_1B,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=256,
+        vocab_size=512,
+    )
+    print(
+        "fp8_vs_bf16: --smoke-cpu: checking the script on the CPU with int8_dynamic for fp8; "
+        "the figures are NOT an fp8 measurement",
+        file=sys.stderr,
+    )
     return {"gpu": "none (smoke-cpu)", "capability": "n/a", "torch": torch.__version__}
 
 
@@ -93,12 +114,11 @@ def accuracy_rows(teacher: Path, n_eval: int, work: Path) -> tuple[list[dict], d
     import torch
 
     from slm_toolkit.data.loaders import load_data
-    from slm_toolkit.evaluate.metrics import exact_match, generation_budget
+    from slm_toolkit.data.segments import prompt_ids
+    from slm_toolkit.measures.metrics import exact_match, generation_budget
     from slm_toolkit.models.load import load_model
     from slm_toolkit.quantize.torchao_backend import load_torchao_model, quantize_torchao
     from slm_toolkit.runtime.torch import TorchGenerator
-
-    from slm_toolkit.data.segments import prompt_ids
 
     model, tok = load_model(teacher, device=DEVICE, dtype=torch.float32)
     examples = load_data("builtin:arith-cot", "auto", 1, n_eval, seed=0, task={}).eval
@@ -114,8 +134,16 @@ def accuracy_rows(teacher: Path, n_eval: int, work: Path) -> tuple[list[dict], d
         gen = TorchGenerator(m, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         t0 = time.perf_counter()
         q = exact_match(gen, tok, examples, budget, batch_size=64)
-        rows.append({"model": "demo_teacher", "variant": name, "accuracy": q["accuracy"],
-                     "answer_rate": q["answer_rate"], "n": len(examples), "seconds": time.perf_counter() - t0})
+        rows.append(
+            {
+                "model": "demo_teacher",
+                "variant": name,
+                "accuracy": q["accuracy"],
+                "answer_rate": q["answer_rate"],
+                "n": len(examples),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
     return rows, checks
 
 
@@ -182,8 +210,9 @@ def _is_linear(mod) -> bool:
     return isinstance(mod, torch.nn.Linear)
 
 
-def throughput_rows(label: str, variants: dict, batches: list[int], prompt_len: int, new_tokens: int,
-                    repeats: int) -> list[dict]:
+def throughput_rows(
+    label: str, variants: dict, batches: list[int], prompt_len: int, new_tokens: int, repeats: int
+) -> list[dict]:
     import torch
 
     rows = []
@@ -197,14 +226,24 @@ def throughput_rows(label: str, variants: dict, batches: list[int], prompt_len: 
                 _generate(m, ids, new_tokens)
         for _ in range(repeats):  # interleaved
             for name, m in variants.items():
-                times[name].append(_timed(lambda: _generate(m, ids, new_tokens)))
-                prefill[name].append(_timed(lambda: _prefill(m, ids)))
+                times[name].append(_timed(lambda m=m, ids=ids: _generate(m, ids, new_tokens)))
+                prefill[name].append(_timed(lambda m=m, ids=ids: _prefill(m, ids)))
         for name in variants:
             med = statistics.median(times[name])
-            rows.append({"model": label, "variant": name, "batch": batch, "prompt_len": prompt_len,
-                         "new_tokens": new_tokens, "decode_tok_s": batch * new_tokens / med,
-                         "generate_ms_median": med * 1e3, "generate_ms_spread": _iqr(times[name]) * 1e3,
-                         "prefill_ms": statistics.median(prefill[name]) * 1e3, "repeats": repeats})
+            rows.append(
+                {
+                    "model": label,
+                    "variant": name,
+                    "batch": batch,
+                    "prompt_len": prompt_len,
+                    "new_tokens": new_tokens,
+                    "decode_tok_s": batch * new_tokens / med,
+                    "generate_ms_median": med * 1e3,
+                    "generate_ms_spread": _iqr(times[name]) * 1e3,
+                    "prefill_ms": statistics.median(prefill[name]) * 1e3,
+                    "repeats": repeats,
+                }
+            )
     return rows
 
 
@@ -212,8 +251,14 @@ def _generate(model, ids, new_tokens):
     import torch
 
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
     if out.shape[1] != ids.shape[1] + new_tokens:
         raise CheckFailed(f"generate returned {out.shape[1] - ids.shape[1]} tokens, not {new_tokens}")
     return out
@@ -227,7 +272,6 @@ def _prefill(model, ids):
 
 
 def _timed(fn) -> float:
-    import torch
 
     _sync()
     t0 = time.perf_counter()
@@ -254,22 +298,29 @@ def _iqr(xs: list[float]) -> float:
 def table(acc: list[dict], speed: list[dict]) -> str:
     lines = ["| model | variant | accuracy | answer rate |", "|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['variant']} | {r['accuracy']:.3f} | {r['answer_rate']:.3f} |" for r in acc]
-    lines += ["", "| model | batch | variant | decode tok/s | generate ms (spread) | prefill ms | vs bf16 |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| model | batch | variant | decode tok/s | generate ms (spread) | prefill ms | vs bf16 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     base = {(r["model"], r["batch"]): r["decode_tok_s"] for r in speed if r["variant"] == "bf16"}
     for r in speed:
         ratio = r["decode_tok_s"] / base[(r["model"], r["batch"])]
-        lines.append(f"| {r['model']} | {r['batch']} | {r['variant']} | {r['decode_tok_s']:.0f} | "
-                     f"{r['generate_ms_median']:.1f} ({r['generate_ms_spread']:.1f}) | {r['prefill_ms']:.2f} | "
-                     f"×{ratio:.2f} |")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['variant']} | {r['decode_tok_s']:.0f} | "
+            f"{r['generate_ms_median']:.1f} ({r['generate_ms_spread']:.1f}) | {r['prefill_ms']:.2f} | "
+            f"×{ratio:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def check_results(acc: list[dict], speed: list[dict], min_accuracy: float) -> None:
     bf16 = next(r for r in acc if r["variant"] == "bf16")
     if bf16["accuracy"] < min_accuracy:
-        raise CheckFailed(f"the bf16 teacher solves only {bf16['accuracy']:.2f} of the demo task "
-                          f"(< {min_accuracy}): the accuracy delta would mean nothing")
+        raise CheckFailed(
+            f"the bf16 teacher solves only {bf16['accuracy']:.2f} of the demo task "
+            f"(< {min_accuracy}): the accuracy delta would mean nothing"
+        )
     for r in speed:
         if not (math.isfinite(r["decode_tok_s"]) and r["decode_tok_s"] > 0):
             raise CheckFailed(f"bad throughput figure: {r}")
@@ -286,8 +337,11 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--min-accuracy", type=float, default=0.5)
     p.add_argument("--skip-1b", action="store_true", help="only the demo teacher (quick check)")
-    p.add_argument("--smoke-cpu", action="store_true",
-                   help="check this script without a GPU: CPU, int8_dynamic in place of fp8; measures nothing")
+    p.add_argument(
+        "--smoke-cpu",
+        action="store_true",
+        help="check this script without a GPU: CPU, int8_dynamic in place of fp8; measures nothing",
+    )
     args = p.parse_args()
 
     env = smoke_setup() if args.smoke_cpu else preflight()
@@ -305,23 +359,36 @@ def main() -> int:
         from slm_toolkit.models.load import load_model
 
         t_bf16, _ = load_model(teacher, device=DEVICE, dtype=torch.bfloat16)
-        speed = throughput_rows("demo_teacher", {"bf16": t_bf16, LOW: fp8_copy(t_bf16)}, batches,
-                                args.prompt_len, args.new_tokens, args.repeats)
+        speed = throughput_rows(
+            "demo_teacher",
+            {"bf16": t_bf16, LOW: fp8_copy(t_bf16)},
+            batches,
+            args.prompt_len,
+            args.new_tokens,
+            args.repeats,
+        )
         if not args.skip_1b:
             big = llama_1b()
             big8 = fp8_copy(big)
             checks[f"llama_1b_{LOW}_weights"] = check_float8(big8)
-            speed += throughput_rows("llama_1b", {"bf16": big, LOW: big8}, batches,
-                                     args.prompt_len, args.new_tokens, args.repeats)
+            speed += throughput_rows(
+                "llama_1b", {"bf16": big, LOW: big8}, batches, args.prompt_len, args.new_tokens, args.repeats
+            )
         check_results(acc, speed, args.min_accuracy)
     except CheckFailed as e:
         print(f"fp8_vs_bf16: CHECK FAILED: {e}", file=sys.stderr)
         return 1
     bf16_acc = next(r["accuracy"] for r in acc if r["variant"] == "bf16")
     fp8_acc = next(r["accuracy"] for r in acc if r["variant"] == LOW)
-    result = {"env": env, "accuracy": acc, f"accuracy_delta_{LOW}_vs_bf16": fp8_acc - bf16_acc,
-              "throughput": speed, "checks": checks, "seconds": time.perf_counter() - t_start,
-              "command": " ".join(sys.argv)}
+    result = {
+        "env": env,
+        "accuracy": acc,
+        f"accuracy_delta_{LOW}_vs_bf16": fp8_acc - bf16_acc,
+        "throughput": speed,
+        "checks": checks,
+        "seconds": time.perf_counter() - t_start,
+        "command": " ".join(sys.argv),
+    }
     _write_json(args.out, result)
     print(table(acc, speed))
     print(f"\naccuracy delta {LOW} - bf16: {fp8_acc - bf16_acc:+.3f}   ({env['gpu']}, {result['seconds']:.0f} s)")

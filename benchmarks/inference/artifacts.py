@@ -13,10 +13,22 @@ import numpy as np
 
 MODELS = {
     # the builtin student's architecture (runtime speed does not depend on the trained weights)
-    "demo_student": dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=256, vocab_size=None),
-    "llama_134m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
-                       intermediate_size=2048, vocab_size=32000),
+    "demo_student": dict(
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=256,
+        vocab_size=None,
+    ),
+    "llama_134m": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        intermediate_size=2048,
+        vocab_size=32000,
+    ),
 }
 
 
@@ -26,13 +38,19 @@ def hf_model(name: str, out: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from slm_toolkit.data.tokenizer import build_demo_tokenizer
+    from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 
     tok = build_demo_tokenizer()
     arch = dict(MODELS[name])
     arch["vocab_size"] = arch["vocab_size"] or len(tok)
-    cfg = LlamaConfig(max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False, **arch)
+    cfg = LlamaConfig(
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+        **arch,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     tmp = out.with_name(out.name + ".tmp")

@@ -65,17 +65,40 @@ def targets(rows) -> list[str]:
         status = "n/a" if value is None else ("met" if ok(value) else "**missed**")
         checks.append(f"| {name} | {_fmt(value, 2)}{spread} | {_fmt(whole, 2)} | {goal} | {status} |")
 
-    check("slm_ort_int4 / ort_genai_int4 decode", "slm_ort_int4", "ort_genai_int4", "decode", "≥ 1.0", lambda v: v >= 1.0)
-    check("slm_ort_int4 / hf_generate_fp32 decode", "slm_ort_int4", "hf_generate_fp32", "decode", "≥ 8", lambda v: v >= 8)
-    check("slm_ort_int4 / ort_genai_int4 prefill time", "slm_ort_int4", "ort_genai_int4", "prefill", "≤ 0.6",
-          lambda v: v <= 0.6)
-    check("slm_ort_int8 / optimum_ort_int8 decode", "slm_ort_int8", "optimum_ort_int8", "decode", "≥ 1.2",
-          lambda v: v >= 1.2)
+    check(
+        "slm_ort_int4 / ort_genai_int4 decode", "slm_ort_int4", "ort_genai_int4", "decode", "≥ 1.0", lambda v: v >= 1.0
+    )
+    check(
+        "slm_ort_int4 / hf_generate_fp32 decode", "slm_ort_int4", "hf_generate_fp32", "decode", "≥ 8", lambda v: v >= 8
+    )
+    check(
+        "slm_ort_int4 / ort_genai_int4 prefill time",
+        "slm_ort_int4",
+        "ort_genai_int4",
+        "prefill",
+        "≤ 0.6",
+        lambda v: v <= 0.6,
+    )
+    check(
+        "slm_ort_int8 / optimum_ort_int8 decode",
+        "slm_ort_int8",
+        "optimum_ort_int8",
+        "decode",
+        "≥ 1.2",
+        lambda v: v >= 1.2,
+    )
     check("slm_ort_fp32 / bandwidth bound", "slm_ort_fp32", None, "bound", "≥ 0.9", lambda v: v >= 0.9)
-    return ["## Targets (llama_134m, batch 1, 1 thread)", "",
-            "Median of the round-by-round ratios (p25–p75): both variants ran back to back in each round, so the "
-            "drift of a shared machine cancels; the ratio of the medians of the tables below is beside it.", "",
-            "| target | per-round ratio | ratio of medians | goal | |", "|---|---|---|---|---|", *checks, ""]
+    return [
+        "## Targets (llama_134m, batch 1, 1 thread)",
+        "",
+        "Median of the round-by-round ratios (p25–p75): both variants ran back to back in each round, so the "
+        "drift of a shared machine cancels; the ratio of the medians of the tables below is beside it.",
+        "",
+        "| target | per-round ratio | ratio of medians | goal | |",
+        "|---|---|---|---|---|",
+        *checks,
+        "",
+    ]
 
 
 def _rounds(rows, args) -> str:
@@ -84,14 +107,18 @@ def _rounds(rows, args) -> str:
 
 
 def markdown(rows, args) -> str:
-    lines = ["# Inference benchmark", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores visible; "
-             f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, {_rounds(rows, args)} interleaved rounds "
-             "after a warm-up; median (p25–p75). decode tok/s = batch × (N − 1) / (T(N tokens) − T(1 token)); "
-             "prefill ms = T(1 token), per-request set-up included. bound = batch × measured read bandwidth "
-             "(median of one sample per round, interleaved with the variants) ÷ weight bytes read per token "
-             "(embedding rows excluded). Command: "
-             "`python benchmarks/inference/run.py` (see --help).", ""]
+    lines = [
+        "# Inference benchmark",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores visible; "
+        f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, {_rounds(rows, args)} interleaved rounds "
+        "after a warm-up; median (p25–p75). decode tok/s = batch × (N − 1) / (T(N tokens) − T(1 token)); "
+        "prefill ms = T(1 token), per-request set-up included. bound = batch × measured read bandwidth "
+        "(median of one sample per round, interleaved with the variants) ÷ weight bytes read per token "
+        "(embedding rows excluded). Command: "
+        "`python benchmarks/inference/run.py` (see --help).",
+        "",
+    ]
     if args.note:
         lines += [f"**Note:** {args.note}", ""]
     lines += targets(rows)
@@ -99,19 +126,25 @@ def markdown(rows, args) -> str:
         for threads in sorted({r["threads"] for r in rows if r["model"] == model}):
             for batch in sorted({r["batch"] for r in rows if r["model"] == model}):
                 sel = [r for r in rows if r["model"] == model and r["threads"] == threads and r["batch"] == batch]
-                lines += [f"## {model}, batch {batch}, {threads} thread(s)", "",
-                          "| variant | decode tok/s | prefill ms | weight bytes/token | bound tok/s | % of bound |",
-                          "|---|---|---|---|---|---|"]
+                lines += [
+                    f"## {model}, batch {batch}, {threads} thread(s)",
+                    "",
+                    "| variant | decode tok/s | prefill ms | weight bytes/token | bound tok/s | % of bound |",
+                    "|---|---|---|---|---|---|",
+                ]
                 for r in sel:
                     if r.get("decode_tok_s") is None:
-                        lines.append(f"| {r['variant']} | — | — | {r['bytes'] / 1e6:.1f} MB | "
-                                     f"{_fmt(r['bound_tok_s'])} | unavailable: {r.get('error', '')} |")
+                        lines.append(
+                            f"| {r['variant']} | — | — | {r['bytes'] / 1e6:.1f} MB | "
+                            f"{_fmt(r['bound_tok_s'])} | unavailable: {r.get('error', '')} |"
+                        )
                         continue
                     lines.append(
                         f"| {r['variant']} | {_fmt(r['decode_tok_s'])} ({_fmt(r['decode_tok_s_p25'])}–"
                         f"{_fmt(r['decode_tok_s_p75'])}) | {_fmt(r['prefill_ms'])} ({_fmt(r['prefill_ms_p25'])}–"
                         f"{_fmt(r['prefill_ms_p75'])}) | {r['bytes'] / 1e6:.1f} MB | {_fmt(r['bound_tok_s'])} | "
-                        f"{100 * r['decode_tok_s'] / r['bound_tok_s']:.0f}% |")
+                        f"{100 * r['decode_tok_s'] / r['bound_tok_s']:.0f}% |"
+                    )
                 lines.append("")
     return "\n".join(lines) + "\n"
 

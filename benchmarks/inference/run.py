@@ -31,10 +31,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import artifacts  # noqa: E402
 import variants  # noqa: E402
 
-VARIANTS = ["hf_generate_fp32", "torch_int8", "optimum_ort_fp32", "optimum_ort_int8", "ort_genai_int4",
-            "slm_ort_fp32", "slm_ort_int8", "slm_ort_int4"]
-FORMAT = {"hf_generate_fp32": "fp32", "torch_int8": "int8", "optimum_ort_fp32": "fp32", "optimum_ort_int8": "int8",
-          "ort_genai_int4": "int4", "slm_ort_fp32": "fp32", "slm_ort_int8": "int8", "slm_ort_int4": "int4"}
+VARIANTS = [
+    "hf_generate_fp32",
+    "torch_int8",
+    "optimum_ort_fp32",
+    "optimum_ort_int8",
+    "ort_genai_int4",
+    "slm_ort_fp32",
+    "slm_ort_int8",
+    "slm_ort_int4",
+]
+FORMAT = {
+    "hf_generate_fp32": "fp32",
+    "torch_int8": "int8",
+    "optimum_ort_fp32": "fp32",
+    "optimum_ort_int8": "int8",
+    "ort_genai_int4": "int4",
+    "slm_ort_fp32": "fp32",
+    "slm_ort_int8": "int8",
+    "slm_ort_int4": "int4",
+}
 
 
 def prepare(model: str, work: Path, want_genai: bool) -> tuple[dict[str, Path], Path | None, str | None]:
@@ -64,7 +80,7 @@ def measure(runners: dict, ids_by_batch: dict, new_tokens: int, repeats: int, ba
     across variants, one read-bandwidth sample per round."""
     samples = {(v, b): {"t1": [], "tn": []} for v in runners for b in ids_by_batch}
     bw = []
-    for v, r in runners.items():  # warm-up
+    for r in runners.values():  # warm-up
         for ids in ids_by_batch.values():
             r.run(ids, 2)
     for _ in range(repeats):
@@ -83,17 +99,25 @@ def summarize(t1: list[float], tn: list[float], batch: int, new_tokens: int) -> 
     rates = sorted(tokens / (b - a) for a, b in zip(t1, tn) if b > a)
     q = lambda xs: statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3  # noqa: E731
     rq, pq = (q(rates) if rates else [None] * 3), q([t * 1000 for t in t1])
-    return {"decode_tok_s": tokens / dt if dt > 0 else None, "decode_tok_s_p25": rq[0], "decode_tok_s_p75": rq[2],
-            "round_t1_s": [round(t, 6) for t in t1], "round_tn_s": [round(t, 6) for t in tn],
-            "decode_ms_per_step": dt * 1000 / (new_tokens - 1),
-            "prefill_ms": statistics.median(t1) * 1000, "prefill_ms_p25": pq[0], "prefill_ms_p75": pq[2]}
+    return {
+        "decode_tok_s": tokens / dt if dt > 0 else None,
+        "decode_tok_s_p25": rq[0],
+        "decode_tok_s_p75": rq[2],
+        "round_t1_s": [round(t, 6) for t in t1],
+        "round_tn_s": [round(t, 6) for t in tn],
+        "decode_ms_per_step": dt * 1000 / (new_tokens - 1),
+        "prefill_ms": statistics.median(t1) * 1000,
+        "prefill_ms_p25": pq[0],
+        "prefill_ms_p75": pq[2],
+    }
 
 
 def bench_model(model: str, args, work: Path) -> list[dict]:
     want = [v for v in args.variants]
     files, genai_python, genai_why = prepare(model, work, "ort_genai_int4" in want)
-    bytes_per_token = {fmt: artifacts.weight_bytes_per_token(files[f"onnx_{fmt}"] / "model.onnx")
-                       for fmt in ("fp32", "int8", "int4")}
+    bytes_per_token = {
+        fmt: artifacts.weight_bytes_per_token(files[f"onnx_{fmt}"] / "model.onnx") for fmt in ("fp32", "int8", "int4")
+    }
     vocab = json.loads((files["hf"] / "config.json").read_text())["vocab_size"]
     ids_by_batch = {b: artifacts.prompts(vocab, b, args.prompt_len) for b in args.batches}
     rows = []
@@ -113,12 +137,19 @@ def bench_model(model: str, args, work: Path) -> list[dict]:
         for v in want:
             fmt = FORMAT[v]
             for b in args.batches:
-                row = {"model": model, "variant": v, "batch": b, "threads": threads,
-                       "bytes": bytes_per_token[fmt], "bound_tok_s": b * bandwidth / bytes_per_token[fmt],
-                       "read_bandwidth_gb_s": bandwidth / 1e9,
-                       "read_bandwidth_gb_s_p25_p75": [q / 1e9 for q in statistics.quantiles(bw, n=4)[::2]],
-                       "new_tokens": args.new_tokens,
-                       "prompt_len": args.prompt_len, "repeats": args.repeats}
+                row = {
+                    "model": model,
+                    "variant": v,
+                    "batch": b,
+                    "threads": threads,
+                    "bytes": bytes_per_token[fmt],
+                    "bound_tok_s": b * bandwidth / bytes_per_token[fmt],
+                    "read_bandwidth_gb_s": bandwidth / 1e9,
+                    "read_bandwidth_gb_s_p25_p75": [q / 1e9 for q in statistics.quantiles(bw, n=4)[::2]],
+                    "new_tokens": args.new_tokens,
+                    "prompt_len": args.prompt_len,
+                    "repeats": args.repeats,
+                }
                 row["round_bandwidth_gb_s"] = [round(x / 1e9, 3) for x in bw]
                 if v in failed:
                     row.update(decode_tok_s=None, prefill_ms=None, error=failed[v])

@@ -1,12 +1,12 @@
 """The benchmark's variants: each `run(ids, new_tokens)` generates exactly `new_tokens` per row.
 
-    hf_generate_fp32   transformers' generate, eager fp32
-    torch_int8         torchao int8 (W8A8 dynamic) through transformers' generate
-    optimum_ort_fp32   optimum's ORTModelForCausalLM.generate on our ONNX export
-    optimum_ort_int8   ... on its int8 (ort_int8_dynamic) version
-    ort_genai_int4     onnxruntime-genai's model builder (int4, block 32) + its generator,
-                       in its own virtual environment (genai_env.py), driven over a pipe
-    slm_ort_fp32/int8/int4  our onnxruntime backend on our exports
+hf_generate_fp32   transformers' generate, eager fp32
+torch_int8         torchao int8 (W8A8 dynamic) through transformers' generate
+optimum_ort_fp32   optimum's ORTModelForCausalLM.generate on our ONNX export
+optimum_ort_int8   ... on its int8 (ort_int8_dynamic) version
+ort_genai_int4     onnxruntime-genai's model builder (int4, block 32) + its generator,
+                   in its own virtual environment (genai_env.py), driven over a pipe
+slm_ort_fp32/int8/int4  our onnxruntime backend on our exports
 """
 
 from __future__ import annotations
@@ -36,8 +36,14 @@ class HFGenerate:
         self.torch.set_num_threads(self.threads)
         t = self.torch.from_numpy(ids)
         with self.torch.inference_mode():
-            self.model.generate(t, attention_mask=self.torch.ones_like(t), max_new_tokens=new_tokens,
-                                min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+            self.model.generate(
+                t,
+                attention_mask=self.torch.ones_like(t),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
 
 
 class OptimumGenerate(HFGenerate):
@@ -48,8 +54,9 @@ class OptimumGenerate(HFGenerate):
         from slm_toolkit.runtime.onnxruntime import session_options
 
         self.torch, self.threads = torch, threads
-        self.model = ORTModelForCausalLM.from_pretrained(folder, session_options=session_options(threads),
-                                                         provider="CPUExecutionProvider")
+        self.model = ORTModelForCausalLM.from_pretrained(
+            folder, session_options=session_options(threads), provider="CPUExecutionProvider"
+        )
 
 
 class SlmOrt:
@@ -70,8 +77,13 @@ class GenaiWorker:
 
     def __init__(self, python: Path, folder: Path, threads: int):
         worker = Path(__file__).with_name("genai_worker.py")
-        self.proc = subprocess.Popen([str(python), str(worker), str(folder), str(threads)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [str(python), str(worker), str(folder), str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         ready = self.proc.stdout.readline()
         if not ready.startswith("ready"):
             raise RuntimeError(f"genai worker failed to start: {ready!r}")

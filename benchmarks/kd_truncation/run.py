@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -40,19 +39,30 @@ def cells(groups: list[str]) -> list[dict]:
     (the baseline and the plain protocol), `grid` = the other supervision choices."""
     out = []
     if "core" in groups:
-        out += [dict(supervise="P+CoT+A", fraction=f, mode="head", full_batches=0.0, teacher="offline")
-                for f in FRACTIONS]
+        out += [
+            dict(supervise="P+CoT+A", fraction=f, mode="head", full_batches=0.0, teacher="offline") for f in FRACTIONS
+        ]
     if "grid" in groups:  # the paper's protocol: head truncation, the other supervision choices
-        out += [dict(supervise=s, fraction=f, mode="head", full_batches=0.0, teacher="offline")
-                for s in SUPERVISE for f in FRACTIONS if s != "P+CoT+A"]
+        out += [
+            dict(supervise=s, fraction=f, mode="head", full_batches=0.0, teacher="offline")
+            for s in SUPERVISE
+            for f in FRACTIONS
+            if s != "P+CoT+A"
+        ]
     if "protocol" in groups:  # ours: a share of whole batches left untruncated; keep_answer
-        out += [dict(supervise="P+CoT+A", fraction=f, mode="head", full_batches=fb, teacher="offline")
-                for f in (0.25, 0.5) for fb in (0.1, 0.15, 0.25)]
-        out += [dict(supervise="P+CoT+A", fraction=f, mode="keep_answer", full_batches=0.0, teacher="offline")
-                for f in (0.25, 0.5)]
+        out += [
+            dict(supervise="P+CoT+A", fraction=f, mode="head", full_batches=fb, teacher="offline")
+            for f in (0.25, 0.5)
+            for fb in (0.1, 0.15, 0.25)
+        ]
+        out += [
+            dict(supervise="P+CoT+A", fraction=f, mode="keep_answer", full_batches=0.0, teacher="offline")
+            for f in (0.25, 0.5)
+        ]
     if "teacher" in groups:  # online teacher at the settings of two offline grid cells
-        out += [dict(supervise="P+CoT+A", fraction=f, mode="head", full_batches=0.0, teacher="online")
-                for f in (0.5, 1.0)]
+        out += [
+            dict(supervise="P+CoT+A", fraction=f, mode="head", full_batches=0.0, teacher="online") for f in (0.5, 1.0)
+        ]
     return out
 
 
@@ -63,20 +73,35 @@ def cell_key(c: dict, verify: int, seed: int) -> str:
 def distill_config(c: dict, a: argparse.Namespace, student: Path):
     from slm_toolkit.distill.config import DistillConfig
 
-    truncate = {} if c["fraction"] >= 1.0 else {"fraction": c["fraction"], "mode": c["mode"],
-                                                 "full_batches": c["full_batches"]}
-    return DistillConfig.model_validate({
-        "student": str(student), "supervise": SUPERVISE[c["supervise"]], "truncate": truncate,
-        "loss": {"kind": "forward_kl", "temperature": 1.0, "ce_weight": 0.0},
-        "teacher": {"mode": c["teacher"], "top_k": a.top_k},
-        "train": {"epochs": 1, "max_steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
-                  "schedule": "cosine", "warmup": 0.05, "clip": 1.0, "checkpoint_every": 10**9},
-    })
+    truncate = (
+        {}
+        if c["fraction"] >= 1.0
+        else {"fraction": c["fraction"], "mode": c["mode"], "full_batches": c["full_batches"]}
+    )
+    return DistillConfig.model_validate(
+        {
+            "student": str(student),
+            "supervise": SUPERVISE[c["supervise"]],
+            "truncate": truncate,
+            "loss": {"kind": "forward_kl", "temperature": 1.0, "ce_weight": 0.0},
+            "teacher": {"mode": c["teacher"], "top_k": a.top_k},
+            "train": {
+                "epochs": 1,
+                "max_steps": a.steps,
+                "batch_size": a.batch_size,
+                "lr": a.lr,
+                "schedule": "cosine",
+                "warmup": 0.05,
+                "clip": 1.0,
+                "checkpoint_every": 10**9,
+            },
+        }
+    )
 
 
 def run_cell(c: dict, verify: int, seed: int, a, models: dict, data: dict) -> dict:
     from slm_toolkit.distill.stage import run
-    from slm_toolkit.evaluate.metrics import exact_match, generation_budget
+    from slm_toolkit.measures.metrics import exact_match, generation_budget
     from slm_toolkit.models.load import load_model
     from slm_toolkit.runtime.torch import TorchGenerator
     from slm_toolkit.stage import StageInput
@@ -86,8 +111,9 @@ def run_cell(c: dict, verify: int, seed: int, a, models: dict, data: dict) -> di
     with tempfile.TemporaryDirectory(prefix="kd_cell_") as tmp:
         workdir = Path(tmp) / "01-distill.tmp"
         workdir.mkdir()
-        inp = StageInput(artifact=student, model=teacher, data=bundle, workdir=workdir, run_dir=Path(tmp),
-                         device="cpu", seed=seed)
+        inp = StageInput(
+            artifact=student, model=teacher, data=bundle, workdir=workdir, run_dir=Path(tmp), device="cpu", seed=seed
+        )
         out = run(distill_config(c, a, student), inp)
         model, tok = load_model(workdir)
         gen = TorchGenerator(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -98,21 +124,33 @@ def run_cell(c: dict, verify: int, seed: int, a, models: dict, data: dict) -> di
     # (2·Pt·tokens), whether it does so online or once into the cache; see README.md.
     flops = m["flops_student"] + 2.0 * m["teacher_parameters"] * tokens
     return dict(
-        supervise=c["supervise"], fraction=c["fraction"], mode=c["mode"], full_batches=c["full_batches"],
-        teacher=c["teacher"], verify=verify, seed=seed, accuracy=q["accuracy"], answer_rate=q["answer_rate"],
-        wall_time_s=out.timings["train_s"], step_time_s=out.timings["train_s"] / max(m["steps"], 1),
+        supervise=c["supervise"],
+        fraction=c["fraction"],
+        mode=c["mode"],
+        full_batches=c["full_batches"],
+        teacher=c["teacher"],
+        verify=verify,
+        seed=seed,
+        accuracy=q["accuracy"],
+        answer_rate=q["answer_rate"],
+        wall_time_s=out.timings["train_s"],
+        step_time_s=out.timings["train_s"] / max(m["steps"], 1),
         cpu_time_s=out.timings["train_cpu_s"],
-        peak_memory_mb=m["peak_memory_mb"], activation_mb=m["activation_mb"], flops=flops, tokens=tokens,
-        tokens_supervised=m["tokens_supervised"], final_loss=m["final_loss"],
+        peak_memory_mb=m["peak_memory_mb"],
+        activation_mb=m["activation_mb"],
+        flops=flops,
+        tokens=tokens,
+        tokens_supervised=m["tokens_supervised"],
+        final_loss=m["final_loss"],
         examples_without_supervision=m["examples_without_supervision"],
     )
 
 
 def prepare(a) -> tuple[dict, dict]:
     """Teacher and base student per verify (builtin recipes, cached), and the data."""
-    from slm_toolkit.data.demo import generate_examples
-    from slm_toolkit.models.builtin import builtin_model
-    from slm_toolkit.stage import DataBundle
+    from slm_toolkit.data.example import DataBundle
+    from slm_toolkit.demo.builtin import builtin_model
+    from slm_toolkit.demo.task import generate_examples
 
     models, data = {}, {}
     for v in a.verify:
@@ -132,8 +170,12 @@ def prepare(a) -> tuple[dict, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--groups", nargs="+", default=["core", "protocol", "teacher", "grid"],
-                   help="run in this order (each group for all seeds): core protocol teacher grid")
+    p.add_argument(
+        "--groups",
+        nargs="+",
+        default=["core", "protocol", "teacher", "grid"],
+        help="run in this order (each group for all seeds): core protocol teacher grid",
+    )
     p.add_argument("--deadline", default=None, help="UTC HH:MM after which no new cell starts")
     p.add_argument("--results", default="results.json", help="file name in --out (parallel runs: one each)")
     p.add_argument("--verify", nargs="+", type=int, default=[0, 1])
@@ -146,8 +188,12 @@ def main() -> None:
     p.add_argument("--task-steps", type=int, default=4)
     p.add_argument("--teacher-steps", type=int, default=600)
     p.add_argument("--student-steps", type=int, default=None)
-    p.add_argument("--models-dir", type=Path, default=None,
-                   help="folder with teacher-v<verify>/ and student-v<verify>/ (else builtin recipes)")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="folder with teacher-v<verify>/ and student-v<verify>/ (else builtin recipes)",
+    )
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--quick", action="store_true", help="tiny smoke run into a temporary folder")
     p.add_argument("--report-only", action="store_true")
@@ -214,9 +260,12 @@ def run_all(a, results_path: Path) -> None:
         tmp = results_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(rows, indent=1))
         os.replace(tmp, results_path)
-        print(f"[{i + 1}/{len(todo)} {time.time() - t0:.0f}s] verify={v} seed={s} {c['supervise']} "
-              f"f={c['fraction']} {c['mode']} fb={c['full_batches']} {c['teacher']}: acc={row['accuracy']:.3f} "
-              f"ans={row['answer_rate']:.2f} t={row['wall_time_s']:.1f}s", flush=True)
+        print(
+            f"[{i + 1}/{len(todo)} {time.time() - t0:.0f}s] verify={v} seed={s} {c['supervise']} "
+            f"f={c['fraction']} {c['mode']} fb={c['full_batches']} {c['teacher']}: acc={row['accuracy']:.3f} "
+            f"ans={row['answer_rate']:.2f} t={row['wall_time_s']:.1f}s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--distill-epochs", type=int, default=2, help="epochs distilling the unpruned student")
     p.add_argument("--heal-epochs", type=int, default=1)
     p.add_argument("--heal-limit", type=int, default=8000, help="training examples used for healing (default: all)")
-    p.add_argument("--long-heal-epochs", type=int, default=2,
-                   help="a second, longer healing of every pruned model over all training examples (0: skip)")
+    p.add_argument(
+        "--long-heal-epochs",
+        type=int,
+        default=2,
+        help="a second, longer healing of every pruned model over all training examples (0: skip)",
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--rounds", type=int, default=15, help="latency rounds (one run per model per round)")
     p.add_argument("--new-tokens", type=int, default=64)
@@ -73,11 +77,17 @@ def distill_config(student: Path, epochs: int, limit: int | None, lr: float, fra
     from slm_toolkit.distill.config import DistillConfig
 
     truncate = {} if fraction >= 1 else {"fraction": fraction, "mode": "head", "full_batches": 0.15}
-    return DistillConfig.model_validate({  # the quickstart's distill settings but truncation, epochs, limit
-        "student": str(student), "supervise": ["cot", "answer"], "truncate": truncate,
-        "loss": {"kind": "forward_kl", "temperature": 1.0}, "teacher": {"mode": "offline", "top_k": 16},
-        "train": {"epochs": epochs, "batch_size": 32, "lr": lr, "checkpoint_every": 10**9}, "limit": limit,
-    })
+    return DistillConfig.model_validate(
+        {  # the quickstart's distill settings but truncation, epochs, limit
+            "student": str(student),
+            "supervise": ["cot", "answer"],
+            "truncate": truncate,
+            "loss": {"kind": "forward_kl", "temperature": 1.0},
+            "teacher": {"mode": "offline", "top_k": 16},
+            "train": {"epochs": epochs, "batch_size": 32, "lr": lr, "checkpoint_every": 10**9},
+            "limit": limit,
+        }
+    )
 
 
 def stage_input(artifact: Path, teacher: Path, data, workdir: Path):
@@ -85,22 +95,26 @@ def stage_input(artifact: Path, teacher: Path, data, workdir: Path):
 
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    return StageInput(artifact=artifact, model=teacher, data=data, workdir=workdir, run_dir=workdir.parent,
-                      device="cpu", seed=0)
+    return StageInput(
+        artifact=artifact, model=teacher, data=data, workdir=workdir, run_dir=workdir.parent, device="cpu", seed=0
+    )
 
 
 def distill(student: Path, teacher: Path, data, workdir: Path, a, heal: bool = True) -> Path:
     from slm_toolkit.distill.stage import run
 
-    cfg = distill_config(student, a.heal_epochs, a.heal_limit, a.lr, a.truncate) if heal else \
-        distill_config(student, a.distill_epochs, None, a.lr, a.truncate)
+    cfg = (
+        distill_config(student, a.heal_epochs, a.heal_limit, a.lr, a.truncate)
+        if heal
+        else distill_config(student, a.distill_epochs, None, a.lr, a.truncate)
+    )
     if not (workdir / "slm_meta.json").is_file():
         run(cfg, stage_input(student, teacher, data, workdir))
     return workdir
 
 
 def accuracy(folder: Path, data) -> float:
-    from slm_toolkit.evaluate.metrics import exact_match, generation_budget
+    from slm_toolkit.measures.metrics import exact_match, generation_budget
     from slm_toolkit.models.load import load_tokenizer
     from slm_toolkit.runtime.torch import TorchGenerator
 
@@ -111,7 +125,7 @@ def accuracy(folder: Path, data) -> float:
 
 def setup(a):
     from slm_toolkit.data.loaders import load_data
-    from slm_toolkit.models.builtin import builtin_model
+    from slm_toolkit.demo.builtin import builtin_model
 
     task: dict = {}
     data = load_data("builtin:arith-cot", "auto", a.train, a.eval, seed=0, task=task)
@@ -137,15 +151,25 @@ def prune_cell(name: str, criterion: str, unpruned: Path, teacher: Path, data, a
     prune_s = time.perf_counter() - t0
     healed = distill(out.artifact, teacher, data, cell / "heal", a)
     m = out.metrics
-    return {"config": name, "importance": criterion, "prune": cfg.model_dump(),
-            "accuracy_pruned": m["accuracy"], "accuracy_healed": accuracy(healed, data),
-            "params": int(m["params"]), "params_unpruned": int(m["input_params"]),
-            "bytes": int(m["bytes"]), "layers": int(m["num_hidden_layers"]),
-            "heads": int(m["num_attention_heads"]), "kv_heads": int(m["num_key_value_heads"]),
-            "intermediate_size": int(m["intermediate_size"]),
-            "stage_speedup": m["speedup"], "reload_max_abs_logit_diff": m["reload_max_abs_logit_diff"],
-            "onnx_token_agreement": m["onnx_token_agreement"], "prune_stage_s": prune_s,
-            "folder": str(healed.relative_to(HERE) if healed.is_relative_to(HERE) else healed)}
+    return {
+        "config": name,
+        "importance": criterion,
+        "prune": cfg.model_dump(),
+        "accuracy_pruned": m["accuracy"],
+        "accuracy_healed": accuracy(healed, data),
+        "params": int(m["params"]),
+        "params_unpruned": int(m["input_params"]),
+        "bytes": int(m["bytes"]),
+        "layers": int(m["num_hidden_layers"]),
+        "heads": int(m["num_attention_heads"]),
+        "kv_heads": int(m["num_key_value_heads"]),
+        "intermediate_size": int(m["intermediate_size"]),
+        "stage_speedup": m["speedup"],
+        "reload_max_abs_logit_diff": m["reload_max_abs_logit_diff"],
+        "onnx_token_agreement": m["onnx_token_agreement"],
+        "prune_stage_s": prune_s,
+        "folder": str(healed.relative_to(HERE) if healed.is_relative_to(HERE) else healed),
+    }
 
 
 def long_heal(cell: Path, teacher: Path, data, a) -> dict:
@@ -154,7 +178,7 @@ def long_heal(cell: Path, teacher: Path, data, a) -> dict:
     are recorded."""
     import math
 
-    from slm_toolkit.artifacts import read_meta
+    from slm_toolkit.core.artifacts import read_meta
     from slm_toolkit.distill.stage import run as distill_run
 
     out: dict = {}
@@ -174,20 +198,21 @@ def long_heal(cell: Path, teacher: Path, data, a) -> dict:
 
 def latency(folders: dict[str, Path], prompt: list[int], a) -> dict[str, dict]:
     """Round-robin batch-1 decode latency (shared decode_latency, one repeat per model per round)."""
-    from slm_toolkit.evaluate.metrics import decode_latency
+    from slm_toolkit.measures.metrics import decode_latency
     from slm_toolkit.runtime.torch import TorchGenerator
 
     gens = {k: TorchGenerator.from_folder(f) for k, f in folders.items()}
     times: dict[str, list[float]] = {k: [] for k in gens}
     for r in range(a.rounds):
         for k, g in gens.items():
-            times[k].append(decode_latency(g, prompt, a.new_tokens, repeats=1, warmup=1 if r == 0 else 0)
-                            ["latency_ms_median"])
+            times[k].append(
+                decode_latency(g, prompt, a.new_tokens, repeats=1, warmup=1 if r == 0 else 0)["latency_ms_median"]
+            )
     return {k: {"ms_median": statistics.median(v), "ms_iqr": _iqr(v), "ms_min": min(v)} for k, v in times.items()}
 
 
 def _builtin_meta(folder: Path) -> dict:
-    from slm_toolkit.artifacts import read_meta
+    from slm_toolkit.core.artifacts import read_meta
 
     meta = read_meta(folder)
     return {"builtin": meta.get("builtin"), "metrics": meta.get("metrics")}
@@ -222,8 +247,11 @@ def main() -> None:
         extra = distill(unpruned, teacher, data, a.work / "unpruned-extra-epoch", a)
         state["reference"] = {"accuracy_healed": accuracy(extra, data), "folder": str(extra)}
         state_path.write_text(json.dumps(state, indent=1))
-    print(f"[{time.strftime('%H:%M:%S')}] unpruned accuracy {state['unpruned']['accuracy']:.3f}, "
-          f"after one more epoch {state['reference']['accuracy_healed']:.3f}", flush=True)
+    print(
+        f"[{time.strftime('%H:%M:%S')}] unpruned accuracy {state['unpruned']['accuracy']:.3f}, "
+        f"after one more epoch {state['reference']['accuracy_healed']:.3f}",
+        flush=True,
+    )
     for name in CONFIGS:
         for criterion in CRITERIA:
             key = f"{name}/{criterion}"
@@ -231,21 +259,30 @@ def main() -> None:
                 continue
             state[key] = prune_cell(name, criterion, unpruned, teacher, data, a)
             state_path.write_text(json.dumps(state, indent=1))
-            print(f"[{time.strftime('%H:%M:%S')}] {key}: pruned {state[key]['accuracy_pruned']:.3f} "
-                  f"healed {state[key]['accuracy_healed']:.3f}", flush=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {key}: pruned {state[key]['accuracy_pruned']:.3f} "
+                f"healed {state[key]['accuracy_healed']:.3f}",
+                flush=True,
+            )
     for key, row in state.items():  # the longer healing budget (the unpruned student's own: all data)
         if "/" not in key or not a.long_heal_epochs or "long_heal_lr" in row:
             continue
         cell = a.work / key.replace("/", "-")
         row |= long_heal(cell, teacher, data, a)
         state_path.write_text(json.dumps(state, indent=1))
-        print(f"[{time.strftime('%H:%M:%S')}] {key}: long heal {row['accuracy_healed_long']:.3f} "
-              f"(lr {row['long_heal_lr']:g})", flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {key}: long heal {row['accuracy_healed_long']:.3f} "
+            f"(lr {row['long_heal_lr']:g})",
+            flush=True,
+        )
     from slm_toolkit.data.segments import prompt_ids
     from slm_toolkit.models.load import load_tokenizer
 
-    folders = {"unpruned": unpruned} | {k: HERE / v["folder"] if not Path(v["folder"]).is_absolute()
-                                        else Path(v["folder"]) for k, v in state.items() if "/" in k}
+    folders = {"unpruned": unpruned} | {
+        k: HERE / v["folder"] if not Path(v["folder"]).is_absolute() else Path(v["folder"])
+        for k, v in state.items()
+        if "/" in k
+    }
     prompt = prompt_ids(load_tokenizer(unpruned), data.eval[0].prompt)
     lat = latency(folders, prompt, a)
     results = assemble(state, lat, a, time.time() - t_start, teacher, base)
@@ -282,21 +319,44 @@ def assemble(state: dict, lat: dict, a, wall_s: float, teacher: Path, base: Path
     except OSError:
         load = (0.0, 0.0, 0.0)
     return {
-        "unpruned": {"accuracy": base_acc, "latency_ms": base_ms, "latency_iqr_ms": lat["unpruned"]["ms_iqr"],
-                     "latency_min_ms": lat["unpruned"]["ms_min"],
-                     "params": rows[0]["params_unpruned"] if rows else None},
-        "reference_extra_epoch": {"accuracy": state["reference"]["accuracy_healed"],
-                                  "retention": state["reference"]["accuracy_healed"] / base_acc if base_acc else 0.0},
+        "unpruned": {
+            "accuracy": base_acc,
+            "latency_ms": base_ms,
+            "latency_iqr_ms": lat["unpruned"]["ms_iqr"],
+            "latency_min_ms": lat["unpruned"]["ms_min"],
+            "params": rows[0]["params_unpruned"] if rows else None,
+        },
+        "reference_extra_epoch": {
+            "accuracy": state["reference"]["accuracy_healed"],
+            "retention": state["reference"]["accuracy_healed"] / base_acc if base_acc else 0.0,
+        },
         "rows": rows,
-        "conditions": {"smoke": a.smoke, "train": a.train, "eval": a.eval, "calibration_samples": a.calib,
-                       "heal_epochs": a.heal_epochs, "heal_limit": a.heal_limit,
-                       "distill_epochs": a.distill_epochs, "long_heal_epochs": a.long_heal_epochs, "truncate": a.truncate, "lr": a.lr, "latency_rounds": a.rounds,
-                       "latency_new_tokens": a.new_tokens, "torch_threads": a.threads,
-                       "builtin_steps": a.builtin_steps, "teacher": str(teacher), "student_base": str(base),
-                       "teacher_meta": _builtin_meta(teacher), "student_base_meta": _builtin_meta(base),
-                       "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-                       "loadavg_at_end": list(load), "wall_s": wall_s, "started_utc": state.get("started_utc"),
-                       "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())},
+        "conditions": {
+            "smoke": a.smoke,
+            "train": a.train,
+            "eval": a.eval,
+            "calibration_samples": a.calib,
+            "heal_epochs": a.heal_epochs,
+            "heal_limit": a.heal_limit,
+            "distill_epochs": a.distill_epochs,
+            "long_heal_epochs": a.long_heal_epochs,
+            "truncate": a.truncate,
+            "lr": a.lr,
+            "latency_rounds": a.rounds,
+            "latency_new_tokens": a.new_tokens,
+            "torch_threads": a.threads,
+            "builtin_steps": a.builtin_steps,
+            "teacher": str(teacher),
+            "student_base": str(base),
+            "teacher_meta": _builtin_meta(teacher),
+            "student_base_meta": _builtin_meta(base),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+            "loadavg_at_end": list(load),
+            "wall_s": wall_s,
+            "started_utc": state.get("started_utc"),
+            "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        },
     }
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -24,18 +23,28 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-SCHEMES = ["int8_weight_only", "int8_dynamic", "bnb_int8", "bnb_nf4",
-           "ort_int8_dynamic", "ort_int8_static", "ort_int4"]
-KEYS = ["input_bytes", "bytes", "bytes_ratio", "input_accuracy", "accuracy", "accuracy_delta",
-        "input_latency_ms_median", "latency_ms_median", "latency_ratio", "slower_than_input"]
+SCHEMES = ["int8_weight_only", "int8_dynamic", "bnb_int8", "bnb_nf4", "ort_int8_dynamic", "ort_int8_static", "ort_int4"]
+KEYS = [
+    "input_bytes",
+    "bytes",
+    "bytes_ratio",
+    "input_accuracy",
+    "accuracy",
+    "accuracy_delta",
+    "input_latency_ms_median",
+    "latency_ms_median",
+    "latency_ratio",
+    "slower_than_input",
+]
 
 
 def stage_input(artifact: Path, data, work: Path):
     from slm_toolkit.stage import StageInput
 
     work.mkdir(parents=True)
-    return StageInput(artifact=artifact, model=artifact, data=data, workdir=work, run_dir=work.parent,
-                      device="cpu", seed=0)
+    return StageInput(
+        artifact=artifact, model=artifact, data=data, workdir=work, run_dir=work.parent, device="cpu", seed=0
+    )
 
 
 def main() -> int:
@@ -66,15 +75,23 @@ def main() -> int:
         for scheme in args.schemes.split(","):
             src = onnx if scheme.startswith("ort_") else model
             t0 = time.perf_counter()
-            out = quantize(QuantizeConfig(scheme=scheme, limit=None, calibration={"samples": 64}),
-                           stage_input(src, data, root / scheme))
+            out = quantize(
+                QuantizeConfig(scheme=scheme, limit=None, calibration={"samples": 64}),
+                stage_input(src, data, root / scheme),
+            )
             row = {"scheme": scheme, **{k: out.metrics[k] for k in KEYS}, "stage_s": time.perf_counter() - t0}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    from slm_toolkit.artifacts import read_meta
+    from slm_toolkit.core.artifacts import read_meta
 
-    meta = {"model": str(args.model), "model_builtin": read_meta(model).get("builtin"), "eval": args.eval,
-            "threads": args.threads, "cpu": _cpu(), "torch": torch.__version__}
+    meta = {
+        "model": str(args.model),
+        "model_builtin": read_meta(model).get("builtin"),
+        "eval": args.eval,
+        "threads": args.threads,
+        "cpu": _cpu(),
+        "torch": torch.__version__,
+    }
     write(args.out, meta, rows)
     return 0
 
@@ -92,15 +109,19 @@ def _cpu() -> str:
 def write(folder: Path, meta: dict, rows: list[dict]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"model `{meta['model']}`, {meta['eval']} eval problems, {meta['threads']} thread(s), {meta['cpu']}",
-             "", "| scheme | MB in → out | ×bytes | accuracy in → out | Δ | batch-1 latency in → out (ms) | ×latency | slower |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"model `{meta['model']}`, {meta['eval']} eval problems, {meta['threads']} thread(s), {meta['cpu']}",
+        "",
+        "| scheme | MB in → out | ×bytes | accuracy in → out | Δ | batch-1 latency in → out (ms) | ×latency | slower |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['scheme']} | {r['input_bytes'] / 1e6:.2f} → {r['bytes'] / 1e6:.2f} | {r['bytes_ratio']:.2f} | "
             f"{r['input_accuracy']:.3f} → {r['accuracy']:.3f} | {r['accuracy_delta']:+.3f} | "
             f"{r['input_latency_ms_median']:.0f} → {r['latency_ms_median']:.0f} | {r['latency_ratio']:.2f} | "
-            f"{'yes' if r['slower_than_input'] else 'no'} |")
+            f"{'yes' if r['slower_than_input'] else 'no'} |"
+        )
     (folder / "results.md").write_text("\n".join(lines) + "\n")
 
 

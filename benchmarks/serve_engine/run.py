@@ -35,9 +35,15 @@ def build(hidden: int, layers: int, vocab: int) -> TorchGenerator:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     heads = max(1, hidden // 64)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                      max_position_embeddings=1024)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=1024,
+    )
     torch.manual_seed(0)
     return TorchGenerator(LlamaForCausalLM(cfg))
 
@@ -49,15 +55,15 @@ def static(gen, prompts, out: int) -> float:
 
 
 def engine(gen, prompts, out: int, concurrency: int, scheduler: str) -> float:
-    eng = Engine(lambda: gen, ServerMetrics(), max_batch_size=concurrency, max_queue=len(prompts),
-                 scheduler=scheduler)
+    eng = Engine(lambda: gen, ServerMetrics(), max_batch_size=concurrency, max_queue=len(prompts), scheduler=scheduler)
     eng.start()
     eng.ready.wait()
 
     async def one(prompt) -> int:
         loop = asyncio.get_running_loop()
-        req = GenRequest(prompt, SamplingParams(max_tokens=out, ignore_eos=True), loop, asyncio.Queue(),
-                         time.perf_counter(), None)
+        req = GenRequest(
+            prompt, SamplingParams(max_tokens=out, ignore_eos=True), loop, asyncio.Queue(), time.perf_counter(), None
+        )
         eng.submit(req)
         n = 0
         while (await req.events.get())[0] == "token":
@@ -93,8 +99,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     gen = build(args.hidden, args.layers, args.vocab)
     g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(5, args.vocab, (args.prompt_len,), generator=g).tolist()
-               for _ in range(args.concurrency * args.waves)]
+    prompts = [
+        torch.randint(5, args.vocab, (args.prompt_len,), generator=g).tolist()
+        for _ in range(args.concurrency * args.waves)
+    ]
     c = args.concurrency
     static(gen, prompts[:2], 4)  # warm-up
     runs = {"static": [], "continuous": [], "naive": []}
@@ -104,25 +112,41 @@ def main() -> None:
         runs["naive"].append(engine(gen, prompts[:c], args.out, c, "naive"))
     med = {k: statistics.median(v) for k, v in runs.items()}
     result = {
-        "setup": vars(args) | {"params_m": round(sum(p.numel() for p in gen.model.parameters()) / 1e6, 1),
-                               "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                               "load_avg_1m": os.getloadavg()[0]},
-        "output_tok_s": {k: {"median": round(m, 1), "min": round(min(runs[k]), 1), "max": round(max(runs[k]), 1)}
-                         for k, m in med.items()},
+        "setup": vars(args)
+        | {
+            "params_m": round(sum(p.numel() for p in gen.model.parameters()) / 1e6, 1),
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0],
+        },
+        "output_tok_s": {
+            k: {"median": round(m, 1), "min": round(min(runs[k]), 1), "max": round(max(runs[k]), 1)}
+            for k, m in med.items()
+        },
         "continuous_over_static": round(med["continuous"] / med["static"], 3),
         "continuous_over_naive": round(med["continuous"] / med["naive"], 2),
     }
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = [f"| {k} | {v['median']} | {v['min']}–{v['max']} |" for k, v in result["output_tok_s"].items()]
-    md = "\n".join([
-        f"# Serving engine schedulers (no HTTP), {result['setup']['params_m']}M-param Llama, "
-        f"concurrency {c}, {args.prompt_len}-token prompts, {args.out} output tokens, {args.threads} thread(s)",
-        "", "| scheduler | output tok/s (median) | spread (min–max) |", "|---|---|---|", *rows, "",
-        f"continuous / static ceiling = **{result['continuous_over_static']}**, "
-        f"continuous / naive = **{result['continuous_over_naive']}×** "
-        f"(load average during the run: {result['setup']['load_avg_1m']:.1f} on {os.cpu_count()} CPUs).",
-        "", "Command: `python benchmarks/serve_engine/run.py " +
-        " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()) + "`", ""])
+    md = "\n".join(
+        [
+            f"# Serving engine schedulers (no HTTP), {result['setup']['params_m']}M-param Llama, "
+            f"concurrency {c}, {args.prompt_len}-token prompts, {args.out} output tokens, {args.threads} thread(s)",
+            "",
+            "| scheduler | output tok/s (median) | spread (min–max) |",
+            "|---|---|---|",
+            *rows,
+            "",
+            f"continuous / static ceiling = **{result['continuous_over_static']}**, "
+            f"continuous / naive = **{result['continuous_over_naive']}×** "
+            f"(load average during the run: {result['setup']['load_avg_1m']:.1f} on {os.cpu_count()} CPUs).",
+            "",
+            "Command: `python benchmarks/serve_engine/run.py "
+            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+            + "`",
+            "",
+        ]
+    )
     (HERE / "results.md").write_text(md)
     print(md)
 

@@ -28,16 +28,27 @@ def static_batch(folder: Path, prompts: list[list[int]], new: int, repeats: int)
     def once(n):
         t = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                 do_sample=False, pad_token_id=pad)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=pad,
+            )
         assert out.shape[1] == width + n
         return time.perf_counter() - t
 
     once(4)  # warm-up
     times = [once(new) for _ in range(repeats)]
     med = statistics.median(times)
-    return {"batch": len(prompts), "new_tokens": new, "seconds": times, "median_s": med,
-            "output_throughput": len(prompts) * new / med}
+    return {
+        "batch": len(prompts),
+        "new_tokens": new,
+        "seconds": times,
+        "median_s": med,
+        "output_throughput": len(prompts) * new / med,
+    }
 
 
 def main() -> None:

@@ -19,10 +19,20 @@ import json
 import shutil
 from pathlib import Path
 
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
-                 "{% if add_generation_prompt %}{{ '\n' }}{% endif %}")
-LLAMA_134M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
-                  intermediate_size=2048, vocab_size=32000, max_position_embeddings=512, tie_word_embeddings=False)
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\n' }}{% endif %}"
+)
+LLAMA_134M = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_key_value_heads=12,
+    intermediate_size=2048,
+    vocab_size=32000,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
+)
 
 
 def _invisible_ids(tok, vocab_size: int) -> list[int]:
@@ -58,13 +68,14 @@ def llama134m(work: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from slm_toolkit.data.loaders import shared_data_dir
-    from slm_toolkit.data.tokenizer import train_bpe_tokenizer
+    from slm_toolkit.demo.tokenizer import train_bpe_tokenizer
 
     lines = (shared_data_dir() / "gsm8k" / "train.jsonl").read_text().splitlines()
     texts = [r["question"] + "\n" + r["answer"] for r in map(json.loads, lines)]
     tok = train_bpe_tokenizer(texts, LLAMA_134M["vocab_size"])
-    cfg = LlamaConfig(**LLAMA_134M, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        **LLAMA_134M, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     torch.manual_seed(0)
     return _finish(folder, LlamaForCausalLM(cfg), tok)
 
@@ -104,7 +115,12 @@ def check_full_length(folder: Path, prompt_ids: list[int], n: int) -> bool:
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False,
-                             eos_token_id=None, pad_token_id=tok.pad_token_id)[0, len(prompt_ids):]
+        out = model.generate(
+            torch.tensor([prompt_ids]),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=tok.pad_token_id,
+        )[0, len(prompt_ids) :]
     bad = set(_invisible_ids(tok, model.config.vocab_size))
     return len(out) == n and not bad.intersection(out.tolist())

@@ -44,10 +44,10 @@ sys.path.insert(0, str(HERE))
 import models  # noqa: E402
 import report  # noqa: E402
 
-from slm_toolkit.artifacts import write_json_atomic  # noqa: E402
 from slm_toolkit.bench.client import Endpoint, Prompt, make_client, send  # noqa: E402
 from slm_toolkit.bench.datasets import random_prompts  # noqa: E402
 from slm_toolkit.bench.server import free_port, launched, serve_command  # noqa: E402
+from slm_toolkit.core.artifacts import write_json_atomic  # noqa: E402
 
 WORKER = """
 import json, sys, time
@@ -103,8 +103,9 @@ class Worker:
 
     def __init__(self, folder: Path, backend: str, cpus: str, env: dict):
         cmd = ["taskset", "-c", cpus, sys.executable, "-c", WORKER, str(folder), backend]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env={**os.environ, **env})
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **env}
+        )
         first = self.proc.stdout.readline()
         if not first or not json.loads(first).get("ready"):
             raise RuntimeError(f"in-process worker did not start (exit {self.proc.poll()})")
@@ -126,12 +127,20 @@ def quantiles(xs: list[float]) -> dict:
     s = sorted(xs)
     n = len(s)
     q = statistics.quantiles(s, n=4) if n > 1 else [s[0]] * 3
-    k = max(0, int(n / 2 - 0.98 * n ** 0.5))
-    return {"median": statistics.median(s), "p25": q[0], "p75": q[2], "min": s[0], "max": s[-1],
-            "ci95": [s[k], s[n - 1 - k]]}
+    k = max(0, int(n / 2 - 0.98 * n**0.5))
+    return {
+        "median": statistics.median(s),
+        "p25": q[0],
+        "p75": q[2],
+        "min": s[0],
+        "max": s[-1],
+        "ci95": [s[k], s[n - 1 - k]],
+    }
 
 
-async def pairs(url: str, worker: Worker, prompts: list[str], ids: list[list[int]], new: int, warmup: int) -> list[dict]:
+async def pairs(
+    url: str, worker: Worker, prompts: list[str], ids: list[list[int]], new: int, warmup: int
+) -> list[dict]:
     ep = Endpoint(url, api="chat", extensions=True, timeout_s=600)
     out = []
     async with make_client(1) as client:
@@ -145,8 +154,10 @@ async def pairs(url: str, worker: Worker, prompts: list[str], ids: list[list[int
                     if not r.ok:
                         raise RuntimeError(f"request {i} failed: {r.error}")
                     if r.prompt_tokens != len(pid) or r.output_tokens != new:
-                        raise RuntimeError(f"request {i}: the server saw {r.prompt_tokens} prompt / {r.output_tokens} "
-                                           f"output tokens, the worker {len(pid)} / {new}: not the same generation")
+                        raise RuntimeError(
+                            f"request {i}: the server saw {r.prompt_tokens} prompt / {r.output_tokens} "
+                            f"output tokens, the worker {len(pid)} / {new}: not the same generation"
+                        )
                     pair["http_ms"] = r.e2el_s * 1000
                 else:
                     w = worker.generate(pid, new)
@@ -158,8 +169,18 @@ async def pairs(url: str, worker: Worker, prompts: list[str], ids: list[list[int
     return out
 
 
-def measure(model_name: str, scheduler: str, backend: str, *, pairs_n: int, warmup: int, input_len: int,
-            output_len: int, server_cpus: str, raw: Path) -> dict:
+def measure(
+    model_name: str,
+    scheduler: str,
+    backend: str,
+    *,
+    pairs_n: int,
+    warmup: int,
+    input_len: int,
+    output_len: int,
+    server_cpus: str,
+    raw: Path,
+) -> dict:
     """One configuration: `warmup` + `pairs_n` pairs; the per-pair detail and its summary."""
     from transformers import AutoTokenizer
 
@@ -168,14 +189,17 @@ def measure(model_name: str, scheduler: str, backend: str, *, pairs_n: int, warm
     tok = AutoTokenizer.from_pretrained(folder)
     pool = random_prompts(pairs_n + warmup, input_len, output_len, 0, tok, as_text=True)
     texts = [p.prompt for p in pool]
-    ids = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)
-           for t in texts]
+    ids = [
+        tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)
+        for t in texts
+    ]
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     cfg = raw / "serve.yaml"
     cfg.write_text("threads: 1\n")
     port = free_port()
-    cmd = ["taskset", "-c", server_cpus] + serve_command(art, port, backend=backend, scheduler=scheduler,
-                                                           device="cpu", extra=["--config", str(cfg)])
+    cmd = ["taskset", "-c", server_cpus] + serve_command(
+        art, port, backend=backend, scheduler=scheduler, device="cpu", extra=["--config", str(cfg)]
+    )
     name = f"{model_name}-{scheduler}-{backend}"
     worker = Worker(art, backend, server_cpus, env)
     try:
@@ -184,13 +208,23 @@ def measure(model_name: str, scheduler: str, backend: str, *, pairs_n: int, warm
     finally:
         worker.close()
     kept = [p for p in got if not p["warmup"]]
-    res = {"model": model_name, "scheduler": scheduler, "backend": backend, "output_len": output_len,
-           "pairs": len(kept), "diff_ms": quantiles([p["diff_ms"] for p in kept]),
-           "http_ms": quantiles([p["http_ms"] for p in kept]), "local_ms": quantiles([p["local_ms"] for p in kept]),
-           "detail": got}
+    res = {
+        "model": model_name,
+        "scheduler": scheduler,
+        "backend": backend,
+        "output_len": output_len,
+        "pairs": len(kept),
+        "diff_ms": quantiles([p["diff_ms"] for p in kept]),
+        "http_ms": quantiles([p["http_ms"] for p in kept]),
+        "local_ms": quantiles([p["local_ms"] for p in kept]),
+        "detail": got,
+    }
     d = res["diff_ms"]
-    print(f"  {name}: overhead median {d['median']:.2f} ms (95% CI {d['ci95'][0]:.2f} to {d['ci95'][1]:.2f}) over "
-          f"{len(kept)} pairs; generation {res['local_ms']['median']:.1f} ms", flush=True)
+    print(
+        f"  {name}: overhead median {d['median']:.2f} ms (95% CI {d['ci95'][0]:.2f} to {d['ci95'][1]:.2f}) over "
+        f"{len(kept)} pairs; generation {res['local_ms']['median']:.1f} ms",
+        flush=True,
+    )
     return res
 
 
@@ -200,17 +234,24 @@ def pairs_for(model_name: str, pairs: int, output_len: int = 64) -> int:
 
 
 def markdown(doc: dict) -> str:
-    lines = ["## HTTP overhead per request (paired)", "",
-             f"Measured {doc['created']} by `python benchmarks/serving/overhead.py` (load average at start "
-             f"{doc['loadavg_start'][0]:.1f}): each pair is one streamed chat request to `slm serve` at concurrency 1 "
-             f"and the same prompt ids through the same runtime in a worker pinned to the same core, order "
-             f"alternating; overhead = median over pairs of (server E2E - in-process time), with a "
-             f"distribution-free 95% confidence interval of that median and the p25-p75 spread of the pairs.", ""]
+    lines = [
+        "## HTTP overhead per request (paired)",
+        "",
+        f"Measured {doc['created']} by `python benchmarks/serving/overhead.py` (load average at start "
+        f"{doc['loadavg_start'][0]:.1f}): each pair is one streamed chat request to `slm serve` at concurrency 1 "
+        f"and the same prompt ids through the same runtime in a worker pinned to the same core, order "
+        f"alternating; overhead = median over pairs of (server E2E - in-process time), with a "
+        f"distribution-free 95% confidence interval of that median and the p25-p75 spread of the pairs.",
+        "",
+    ]
     lines += report.overhead_table(doc["results"])
     if doc.get("http_floor"):
         f = doc["http_floor"]["ms"]
-        lines += ["", f"Floor: {doc['http_floor']['what']}: median {f['median']:.2f} ms (p25 {f['p25']:.2f}, "
-                  f"p75 {f['p75']:.2f}) over {doc['http_floor']['requests']} requests."]
+        lines += [
+            "",
+            f"Floor: {doc['http_floor']['what']}: median {f['median']:.2f} ms (p25 {f['p25']:.2f}, "
+            f"p75 {f['p75']:.2f}) over {doc['http_floor']['requests']} requests.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -230,17 +271,31 @@ def main() -> None:
     os.sched_setaffinity(0, {int(c) for c in a.client_cpus.split(",")})
     a.raw = a.out / "raw"
     a.raw.mkdir(parents=True, exist_ok=True)
-    doc = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_start": os.getloadavg(),
-           "method": __doc__.split("\n\n")[1].replace("\n", " "), "results": []}
+    doc = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_start": os.getloadavg(),
+        "method": __doc__.split("\n\n")[1].replace("\n", " "),
+        "results": [],
+    }
     doc["http_floor"] = http_floor(a.server_cpus, a.raw)
     for model_name in a.models.split(","):
         for output_len in map(int, a.output_lens.split(",")):
             n = pairs_for(model_name, a.pairs, output_len)
             for backend in a.backends.split(","):
                 for scheduler in a.schedulers.split(","):
-                    doc["results"].append(measure(model_name, scheduler, backend, pairs_n=n, warmup=a.warmup,
-                                                  input_len=a.input_len, output_len=output_len,
-                                                  server_cpus=a.server_cpus, raw=a.raw))
+                    doc["results"].append(
+                        measure(
+                            model_name,
+                            scheduler,
+                            backend,
+                            pairs_n=n,
+                            warmup=a.warmup,
+                            input_len=a.input_len,
+                            output_len=output_len,
+                            server_cpus=a.server_cpus,
+                            raw=a.raw,
+                        )
+                    )
     doc["loadavg_end"] = os.getloadavg()
     write_json_atomic(a.out / "overhead.json", doc)
     (a.out / "overhead.md").write_text(markdown(doc))

@@ -35,9 +35,12 @@ from slm_toolkit.bench.runner import measure_level  # noqa: E402
 from slm_toolkit.bench.server import cpu_seconds, free_port, launched, serve_command  # noqa: E402
 
 CONFIGS = [  # (server, scheduler, backend), in order of importance (a --budget-min may cut the tail)
-    ("slm", "continuous", "torch"), ("slm", "naive", "torch"),
-    ("transformers_serve", "naive", "torch"), ("transformers_serve", "continuous", "torch"),
-    ("slm", "continuous", "onnxruntime"), ("slm", "naive", "onnxruntime"),
+    ("slm", "continuous", "torch"),
+    ("slm", "naive", "torch"),
+    ("transformers_serve", "naive", "torch"),
+    ("transformers_serve", "continuous", "torch"),
+    ("slm", "continuous", "onnxruntime"),
+    ("slm", "naive", "onnxruntime"),
 ]
 
 
@@ -57,10 +60,18 @@ def parse_args():
     ap.add_argument("--client-cpus", default="0")
     ap.add_argument("--request-timeout", type=float, default=300.0)
     ap.add_argument("--out", type=Path, default=HERE)
-    ap.add_argument("--ts-pydeps", type=Path, default=HERE / "_work" / "pydeps",
-                    help="folder with `transformers serve`'s extra dependency (openai), see README")
-    ap.add_argument("--overhead-pairs", type=int, default=30,
-                    help="paired requests for the HTTP overhead (overhead.py; llama134m a third), 0 = skip")
+    ap.add_argument(
+        "--ts-pydeps",
+        type=Path,
+        default=HERE / "_work" / "pydeps",
+        help="folder with `transformers serve`'s extra dependency (openai), see README",
+    )
+    ap.add_argument(
+        "--overhead-pairs",
+        type=int,
+        default=30,
+        help="paired requests for the HTTP overhead (overhead.py; llama134m a third), 0 = skip",
+    )
     ap.add_argument("--budget-min", type=float, default=1e9, help="skip configurations started after this")
     ap.add_argument("--smoke", action="store_true", help="tiny settings into _work/smoke")
     ap.add_argument("--note", default="", help="free text recorded in results.json (e.g. what was reduced)")
@@ -82,12 +93,33 @@ def server_cmd(cfg, folder: Path, onnx: Path | None, port: int, a, serve_yaml: P
     pin = ["taskset", "-c", a.server_cpus]
     if server == "slm":
         art = onnx if backend == "onnxruntime" else folder
-        cmd = serve_command(art, port, backend=backend, scheduler=scheduler, max_batch_size=a.max_batch_size,
-                            device="cpu", extra=["--config", str(serve_yaml)])
+        cmd = serve_command(
+            art,
+            port,
+            backend=backend,
+            scheduler=scheduler,
+            max_batch_size=a.max_batch_size,
+            device="cpu",
+            extra=["--config", str(serve_yaml)],
+        )
         return pin + cmd, "/ready"
     ts = shutil.which("transformers") or str(Path(sys.executable).with_name("transformers"))
-    cmd = [ts, "serve", "--host", "127.0.0.1", "--port", str(port), "--force_model", str(folder),
-           "--dtype", "float32", "--device", "cpu", "--log_level", "warning"]
+    cmd = [
+        ts,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--force_model",
+        str(folder),
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--log_level",
+        "warning",
+    ]
     return pin + cmd + (["--continuous_batching"] if scheduler == "continuous" else []), "/health"
 
 
@@ -117,15 +149,24 @@ def bench_config(cfg, folder, onnx, pool, counts, a, raw_dir: Path, count_tokens
             if server == "slm":
                 time.sleep(1.0)
                 status["idle_cpu_percent"] = idle_cpu_percent(proc.pid, a.idle_seconds)
-            ep = Endpoint(url, api="chat", model=str(folder) if server != "slm" else None,
-                          extensions=server == "slm", timeout_s=a.request_timeout, count_tokens=count_tokens)
+            ep = Endpoint(
+                url,
+                api="chat",
+                model=str(folder) if server != "slm" else None,
+                extensions=server == "slm",
+                timeout_s=a.request_timeout,
+                count_tokens=count_tokens,
+            )
             for i, (c, n) in enumerate(counts.items()):  # warm-up before the first level only: the server stays warm
                 warm = pool[: a.warmup] if i == 0 else []
-                lv = measure_level(ep, Level(c), pool[a.warmup: a.warmup + n], warm, 0, None, None)
+                lv = measure_level(ep, Level(c), pool[a.warmup : a.warmup + n], warm, 0, None, None)
                 levels.append(lv)
                 rows.append(report.row(lv, server, scheduler, backend, folder.name, c))
-                print(f"    {name} c{c}: {lv['completed']:.0f}/{n} ok, {lv['output_throughput']:.1f} tok/s, "
-                      f"TTFT med {lv['median_ttft_ms'] or 0:.0f} ms p99 {lv['p99_ttft_ms'] or 0:.0f} ms", flush=True)
+                print(
+                    f"    {name} c{c}: {lv['completed']:.0f}/{n} ok, {lv['output_throughput']:.1f} tok/s, "
+                    f"TTFT med {lv['median_ttft_ms'] or 0:.0f} ms p99 {lv['p99_ttft_ms'] or 0:.0f} ms",
+                    flush=True,
+                )
                 if lv["completed"] == 0:  # a broken configuration: record why, skip the rest
                     status["error"] = lv["warnings"][-1] if lv["warnings"] else "every request failed"
                     break
@@ -143,8 +184,22 @@ def bench_config(cfg, folder, onnx, pool, counts, a, raw_dir: Path, count_tokens
 def run_static(folder: Path, prompt_ids: list[list[int]], a, raw_dir: Path) -> dict:
     pj, out = raw_dir / f"{folder.name}-prompts.json", raw_dir / f"{folder.name}-inprocess.json"
     pj.write_text(json.dumps(prompt_ids))
-    cmd = ["taskset", "-c", a.server_cpus, sys.executable, str(HERE / "inprocess.py"), str(folder), str(pj),
-           str(out), "--new", str(a.output_len), "--batch", "16", "--repeats", str(a.static_repeats)]
+    cmd = [
+        "taskset",
+        "-c",
+        a.server_cpus,
+        sys.executable,
+        str(HERE / "inprocess.py"),
+        str(folder),
+        str(pj),
+        str(out),
+        "--new",
+        str(a.output_len),
+        "--batch",
+        "16",
+        "--repeats",
+        str(a.static_repeats),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -170,8 +225,10 @@ def main() -> None:
         onnx = models.onnx(folder) if needs_onnx else None
         tok = AutoTokenizer.from_pretrained(folder)
         pool = random_prompts(a.warmup + max(counts.values()), a.input_len, a.output_len, 0, tok, as_text=True)
-        ids = [tok.apply_chat_template([{"role": "user", "content": p.prompt}], add_generation_prompt=True,
-                                       tokenize=True) for p in pool[a.warmup:]]
+        ids = [
+            tok.apply_chat_template([{"role": "user", "content": p.prompt}], add_generation_prompt=True, tokenize=True)
+            for p in pool[a.warmup :]
+        ]
         print(f"== {model_name}: prompts of {min(map(len, ids))}-{max(map(len, ids))} tokens", flush=True)
         count = lambda text, tok=tok: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         if time.time() - started < a.budget_min * 60:
@@ -191,8 +248,16 @@ def main() -> None:
             for sched in ("naive", "continuous"):
                 if ("slm", sched, "torch") in wanted:
                     paired.setdefault(model_name, {})[sched] = overhead.measure(
-                        model_name, sched, "torch", pairs_n=n, warmup=a.warmup, input_len=a.input_len,
-                        output_len=a.output_len, server_cpus=a.server_cpus, raw=raw_dir)
+                        model_name,
+                        sched,
+                        "torch",
+                        pairs_n=n,
+                        warmup=a.warmup,
+                        input_len=a.input_len,
+                        output_len=a.output_len,
+                        server_cpus=a.server_cpus,
+                        raw=raw_dir,
+                    )
     doc = report.build(rows, statuses, inproc, vars(a), time.time() - started, paired)
     doc["environment"]["loadavg_start"], doc["environment"]["loadavg_end"] = load_start, os.getloadavg()
     report.write(doc, a.out)

@@ -15,7 +15,9 @@ import typer
 
 bench_app = typer.Typer(
     help="Latency and throughput of an OpenAI-compatible server (TTFT, TPOT, ITL, E2E, goodput).",
-    add_completion=False, pretty_exceptions_enable=False, invoke_without_command=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -64,8 +66,9 @@ def bench(
     backend: Annotated[str, typer.Option(help="with --artifact: auto|torch|onnxruntime|tensorrt")] = "auto",
     scheduler: Annotated[str, typer.Option(help="with --artifact: continuous|naive")] = "continuous",
     max_batch_size: Annotated[Optional[int], typer.Option(help="with --artifact: the server's batch size")] = None,
-    concurrency: Annotated[Optional[str], typer.Option(help="closed-loop levels, e.g. 1,2,4,8,16,32 "
-                                                       "(with --rate: in-flight caps)")] = None,
+    concurrency: Annotated[
+        Optional[str], typer.Option(help="closed-loop levels, e.g. 1,2,4,8,16,32 (with --rate: in-flight caps)")
+    ] = None,
     rate: Annotated[Optional[float], typer.Option(help="open loop: requests per second (Poisson)")] = None,
     burstiness: Annotated[float, typer.Option(help="Gamma shape of arrival gaps (1 = Poisson)")] = 1.0,
     num_requests: Annotated[Optional[int], typer.Option(help="measured requests per level (default 64)")] = None,
@@ -88,15 +91,50 @@ def bench(
     if ctx.invoked_subcommand is not None:
         return
     try:
-        opts = _check(url, artifact, backend, scheduler, concurrency, rate, num_requests, duration, dataset,
-                      input_len, output_len, warmup, slo, api, burstiness)
+        opts = _check(
+            url,
+            artifact,
+            backend,
+            scheduler,
+            concurrency,
+            rate,
+            num_requests,
+            duration,
+            dataset,
+            input_len,
+            output_len,
+            warmup,
+            slo,
+            api,
+            burstiness,
+        )
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
     label = label or (artifact.resolve().name if artifact else "server") + f"-{time.strftime('%Y%m%d-%H%M%S')}"
     out = out or Path("bench_results") / label
     try:
-        _run(url, artifact, backend, scheduler, max_batch_size, out, label, api, model, tokenizer, ignore_eos,
-             api_key_env, seed, burstiness, input_len, output_len, warmup, dataset, duration, **opts)
+        _run(
+            url,
+            artifact,
+            backend,
+            scheduler,
+            max_batch_size,
+            out,
+            label,
+            api,
+            model,
+            tokenizer,
+            ignore_eos,
+            api_key_env,
+            seed,
+            burstiness,
+            input_len,
+            output_len,
+            warmup,
+            dataset,
+            duration,
+            **opts,
+        )
     except KeyboardInterrupt:
         raise _fail("interrupted", 130) from None
     except Exception as exc:
@@ -105,8 +143,23 @@ def bench(
         raise _fail(" ".join(str(exc).split()) or type(exc).__name__, 1) from None
 
 
-def _check(url, artifact, backend, scheduler, concurrency, rate, num_requests, duration, dataset, input_len,
-           output_len, warmup, slo, api, burstiness) -> dict:
+def _check(
+    url,
+    artifact,
+    backend,
+    scheduler,
+    concurrency,
+    rate,
+    num_requests,
+    duration,
+    dataset,
+    input_len,
+    output_len,
+    warmup,
+    slo,
+    api,
+    burstiness,
+) -> dict:
     """Usage errors (exit 2) before anything starts; returns levels, num_requests, slo."""
     from slm_toolkit.bench.config import check_dataset
     from slm_toolkit.bench.load import Level
@@ -115,9 +168,11 @@ def _check(url, artifact, backend, scheduler, concurrency, rate, num_requests, d
         raise ValueError("give exactly one of --url (a running server) or --artifact (serve it for the run)")
     if artifact is not None and not artifact.is_dir():
         raise ValueError(f"--artifact: folder not found: {artifact}")
-    for name, value, allowed in (("--backend", backend, ("auto", "torch", "onnxruntime", "tensorrt")),
-                                 ("--scheduler", scheduler, ("continuous", "naive")),
-                                 ("--api", api, ("completions", "chat"))):
+    for name, value, allowed in (
+        ("--backend", backend, ("auto", "torch", "onnxruntime", "tensorrt")),
+        ("--scheduler", scheduler, ("continuous", "naive")),
+        ("--api", api, ("completions", "chat")),
+    ):
         if value not in allowed:
             raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
     if num_requests is not None and duration is not None:
@@ -136,13 +191,34 @@ def _check(url, artifact, backend, scheduler, concurrency, rate, num_requests, d
         levels = [Level(c) for c in (caps or [1, 2, 4, 8, 16, 32])]
     else:
         levels = [Level(c, rate, burstiness) for c in (caps or [None])]
-    return {"levels": levels, "num_requests": num_requests if num_requests or duration else 64,
-            "slo": parse_slo(slo)}
+    return {"levels": levels, "num_requests": num_requests if num_requests or duration else 64, "slo": parse_slo(slo)}
 
 
-def _run(url, artifact, backend, scheduler, max_batch_size, out, label, api, model, tokenizer_path, ignore_eos,
-         api_key_env, seed, burstiness, input_len, output_len, warmup, dataset, duration, *, levels,
-         num_requests, slo) -> None:
+def _run(
+    url,
+    artifact,
+    backend,
+    scheduler,
+    max_batch_size,
+    out,
+    label,
+    api,
+    model,
+    tokenizer_path,
+    ignore_eos,
+    api_key_env,
+    seed,
+    burstiness,
+    input_len,
+    output_len,
+    warmup,
+    dataset,
+    duration,
+    *,
+    levels,
+    num_requests,
+    slo,
+) -> None:
     from contextlib import nullcontext
 
     from slm_toolkit.bench import runner
@@ -158,25 +234,49 @@ def _run(url, artifact, backend, scheduler, max_batch_size, out, label, api, mod
         count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     key = os.environ.get(api_key_env) if api_key_env else None
     out.mkdir(parents=True, exist_ok=True)
-    ctx = (serve_artifact(artifact, out / "server.log", backend=backend, scheduler=scheduler,
-                          max_batch_size=max_batch_size) if artifact else nullcontext((url, None)))
+    ctx = (
+        serve_artifact(
+            artifact, out / "server.log", backend=backend, scheduler=scheduler, max_batch_size=max_batch_size
+        )
+        if artifact
+        else nullcontext((url, None))
+    )
     typer.echo(f"slm bench {label}: {len(levels)} level(s) -> {out}")
     with ctx as (base_url, _proc):
         ep = Endpoint(base_url, api=api, model=model, extensions=ignore_eos, api_key=key, count_tokens=count)
-        info = {"label": label, "artifact": str(artifact) if artifact else None,
-                "backend": backend if artifact else None, "scheduler": scheduler if artifact else None,
-                "max_batch_size": max_batch_size}
-        doc = runner.run(ep, levels, dataset=dataset, num_requests=num_requests, input_len=input_len,
-                         output_len=output_len, warmup=warmup, seed=seed, slo=slo, duration_s=duration,
-                         tokenizer=tok if dataset == "random" else None, out_dir=out, run_info=info,
-                         on_level=_print_level, progress=True)
+        info = {
+            "label": label,
+            "artifact": str(artifact) if artifact else None,
+            "backend": backend if artifact else None,
+            "scheduler": scheduler if artifact else None,
+            "max_batch_size": max_batch_size,
+        }
+        doc = runner.run(
+            ep,
+            levels,
+            dataset=dataset,
+            num_requests=num_requests,
+            input_len=input_len,
+            output_len=output_len,
+            warmup=warmup,
+            seed=seed,
+            slo=slo,
+            duration_s=duration,
+            tokenizer=tok if dataset == "random" else None,
+            out_dir=out,
+            run_info=info,
+            on_level=_print_level,
+            progress=True,
+        )
     _print_table(doc["levels"], f"slm bench {label}")
     typer.echo(f"results: {out / 'results.json'}, {out / 'results.md'}, plots in {out}")
 
 
 def _print_level(lv: dict) -> None:
-    typer.echo(f"  {lv['name']}: {lv['completed']:.0f} done, {lv['failed']:.0f} failed, "
-               f"{lv['output_throughput']:.1f} out tok/s, median TTFT {lv['median_ttft_ms'] or 0:.1f} ms")
+    typer.echo(
+        f"  {lv['name']}: {lv['completed']:.0f} done, {lv['failed']:.0f} failed, "
+        f"{lv['output_throughput']:.1f} out tok/s, median TTFT {lv['median_ttft_ms'] or 0:.1f} ms"
+    )
     for w in lv["warnings"]:
         typer.echo(f"  warning: {w}", err=True)
 
@@ -202,8 +302,8 @@ def compare(
     out: Annotated[Optional[Path], typer.Option(help="write compare.md and compare.png here")] = None,
 ) -> None:
     """Side-by-side table (and a latency-throughput plot) of several results.json."""
-    from slm_toolkit.artifacts import write_text_atomic
     from slm_toolkit.bench import plots, results
+    from slm_toolkit.core.artifacts import write_text_atomic
 
     try:
         docs = [results.load(f) for f in files]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import httpx
 
@@ -52,8 +52,12 @@ def make_client(concurrency: int, timeout_s: float = 600.0) -> httpx.AsyncClient
 
 def build_payload(ep: Endpoint, p: Prompt) -> tuple[str, dict]:
     """URL path and JSON body for one request (greedy, streamed, usage requested)."""
-    body: dict = {"max_tokens": p.output_len, "temperature": 0.0, "stream": True,
-                  "stream_options": {"include_usage": True}}
+    body: dict = {
+        "max_tokens": p.output_len,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if ep.model:
         body["model"] = ep.model
     if ep.extensions and p.force_len:
@@ -75,8 +79,9 @@ def _chunk_text(obj: dict) -> str:
     return choice.get("text") or ""
 
 
-async def send(client: httpx.AsyncClient, ep: Endpoint, p: Prompt, index: int, t0: float,
-               scheduled_s: float) -> RequestResult:
+async def send(
+    client: httpx.AsyncClient, ep: Endpoint, p: Prompt, index: int, t0: float, scheduled_s: float
+) -> RequestResult:
     """Send one streamed request; times are perf_counter seconds relative to t0."""
     path, body = build_payload(ep, p)
     headers = {"Authorization": f"Bearer {ep.api_key}"} if ep.api_key else {}

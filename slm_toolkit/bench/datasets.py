@@ -17,13 +17,16 @@ from pathlib import Path
 
 from slm_toolkit.bench.client import Prompt
 
-_WORDS = ("time year people way day man thing woman life child world school state family student "
-          "group country problem hand part place case week company system program question work "
-          "number night point home water room mother area money story fact month lot right study").split()
+_WORDS = (
+    "time year people way day man thing woman life child world school state family student "
+    "group country problem hand part place case week company system program question work "
+    "number night point home water room mother area money story fact month lot right study"
+).split()
 
 
-def load_prompts(dataset: str, n: int, input_len: int, output_len: int, seed: int, tokenizer=None,
-                 as_text: bool = False) -> list[Prompt]:
+def load_prompts(
+    dataset: str, n: int, input_len: int, output_len: int, seed: int, tokenizer=None, as_text: bool = False
+) -> list[Prompt]:
     """`n` prompts (cycled if the source has fewer). as_text: the chat API needs text prompts."""
     if dataset == "random":
         return random_prompts(n, input_len, output_len, seed, tokenizer, as_text)
@@ -40,12 +43,12 @@ def load_prompts(dataset: str, n: int, input_len: int, output_len: int, seed: in
     return _cycle(_read_jsonl(path, output_len), n, seed)
 
 
-def random_prompts(n: int, input_len: int, output_len: int, seed: int, tokenizer=None,
-                   as_text: bool = False) -> list[Prompt]:
+def random_prompts(
+    n: int, input_len: int, output_len: int, seed: int, tokenizer=None, as_text: bool = False
+) -> list[Prompt]:
     rng = random.Random(seed)
     if tokenizer is None:
-        return [Prompt(" ".join(rng.choice(_WORDS) for _ in range(input_len)), output_len, True)
-                for _ in range(n)]
+        return [Prompt(" ".join(rng.choice(_WORDS) for _ in range(input_len)), output_len, True) for _ in range(n)]
     special = set(tokenizer.all_special_ids)
     vocab = [i for i in range(len(tokenizer)) if i not in special]
     out = []
@@ -65,7 +68,7 @@ def _read_jsonl(path: Path, output_len: int) -> list[Prompt]:
     for lineno, rec in read_jsonl_records(path):
         text = next((rec[k] for k in ("prompt", "question", "text") if isinstance(rec.get(k), str)), None)
         if not text:
-            raise ValueError(f"{path}:{lineno}: needs a non-empty \"prompt\" (or \"question\"/\"text\") string")
+            raise ValueError(f'{path}:{lineno}: needs a non-empty "prompt" (or "question"/"text") string')
         n_out = rec.get("output_len", output_len)
         if not isinstance(n_out, int) or n_out < 1:
             raise ValueError(f"{path}:{lineno}: output_len must be an integer >= 1")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from slm_toolkit.bench.client import Endpoint, Prompt, make_client, send
 from slm_toolkit.bench.metrics import RequestResult
@@ -61,8 +61,14 @@ async def _warmup(client, ep: Endpoint, prompts: list[Prompt], width: int) -> No
 OnDone = Callable[[RequestResult], None] | None  # called as each measured request completes (progress)
 
 
-async def closed_loop(client, ep: Endpoint, prompts: list[Prompt], concurrency: int,
-                      duration_s: float | None = None, on_done: OnDone = None) -> list[RequestResult]:
+async def closed_loop(
+    client,
+    ep: Endpoint,
+    prompts: list[Prompt],
+    concurrency: int,
+    duration_s: float | None = None,
+    on_done: OnDone = None,
+) -> list[RequestResult]:
     """`concurrency` workers, each sending its next prompt as soon as its last one completes;
     with duration_s, no new request starts after that many seconds."""
     queue = list(enumerate(prompts))
@@ -86,9 +92,17 @@ async def closed_loop(client, ep: Endpoint, prompts: list[Prompt], concurrency: 
     return sorted(results, key=lambda r: r.index)
 
 
-async def open_loop(client, ep: Endpoint, prompts: list[Prompt], rate: float, burstiness: float,
-                    seed: int, cap: int | None = None, duration_s: float | None = None,
-                    on_done: OnDone = None) -> list[RequestResult]:
+async def open_loop(
+    client,
+    ep: Endpoint,
+    prompts: list[Prompt],
+    rate: float,
+    burstiness: float,
+    seed: int,
+    cap: int | None = None,
+    duration_s: float | None = None,
+    on_done: OnDone = None,
+) -> list[RequestResult]:
     """Send prompt i at arrival_times[i] (never waiting for completions, except for the optional
     in-flight cap, whose wait counts as send lag)."""
     times = arrival_times(len(prompts), rate, burstiness, seed)
@@ -116,8 +130,15 @@ async def open_loop(client, ep: Endpoint, prompts: list[Prompt], rate: float, bu
     return list(await asyncio.gather(*tasks))
 
 
-async def run_level(ep: Endpoint, level: Level, prompts: list[Prompt], warmup: list[Prompt], seed: int,
-                    duration_s: float | None = None, on_done: OnDone = None) -> tuple[list[RequestResult], float]:
+async def run_level(
+    ep: Endpoint,
+    level: Level,
+    prompts: list[Prompt],
+    warmup: list[Prompt],
+    seed: int,
+    duration_s: float | None = None,
+    on_done: OnDone = None,
+) -> tuple[list[RequestResult], float]:
     """Warm up, then measure one level. Returns (results, wall seconds of the measured part)."""
     width = level.concurrency or 64
     async with make_client(width, ep.timeout_s) as client:
@@ -127,6 +148,7 @@ async def run_level(ep: Endpoint, level: Level, prompts: list[Prompt], warmup: l
         if level.rate is None:
             results = await closed_loop(client, ep, prompts, level.concurrency or 1, duration_s, on_done)
         else:
-            results = await open_loop(client, ep, prompts, level.rate, level.burstiness, seed,
-                                      level.concurrency, duration_s, on_done)
+            results = await open_loop(
+                client, ep, prompts, level.rate, level.burstiness, seed, level.concurrency, duration_s, on_done
+            )
         return results, time.perf_counter() - start

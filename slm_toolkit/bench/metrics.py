@@ -22,8 +22,7 @@ FORMULAS = {
     "request_throughput": "completed requests / duration",
     "output_throughput": "output tokens of completed requests (server `usage`) / duration",
     "total_token_throughput": "(prompt + output tokens of completed requests) / duration",
-    "request_goodput": "completed requests meeting every SLO / duration "
-                       "(itl SLO: the request's longest chunk gap)",
+    "request_goodput": "completed requests meeting every SLO / duration (itl SLO: the request's longest chunk gap)",
     "send_lag": "actual send time - scheduled send time (client saturation when large)",
     "percentiles": "numpy linear interpolation (as vLLM); mean, median, p90, p99, std",
 }
@@ -100,8 +99,9 @@ def duration_s(results: list[RequestResult]) -> float:
     return max(end - start, 1e-9)
 
 
-def summarize(results: list[RequestResult], slo: dict[str, float] | None = None,
-              duration: float | None = None) -> dict[str, float]:
+def summarize(
+    results: list[RequestResult], slo: dict[str, float] | None = None, duration: float | None = None
+) -> dict[str, float]:
     """The whole summary of one load level (flat dict of numbers)."""
     ok = [r for r in results if r.ok]
     dur = duration if duration is not None else duration_s(results)
@@ -136,7 +136,9 @@ def saturation_warning(summary: dict[str, float], open_loop: bool) -> str | None
     understate the offered load). Closed loop: sends should follow completions at once."""
     limit_ms = 10.0 if open_loop else 50.0
     if summary.get("mean_send_lag_ms", 0.0) > limit_ms:
-        return (f"client saturated: requests left on average {summary['mean_send_lag_ms']:.1f} ms "
-                f"after their scheduled time (max {summary['max_send_lag_ms']:.1f} ms); the load "
-                "generator, not the server, may be limiting these figures")
+        return (
+            f"client saturated: requests left on average {summary['mean_send_lag_ms']:.1f} ms "
+            f"after their scheduled time (max {summary['max_send_lag_ms']:.1f} ms); the load "
+            "generator, not the server, may be limiting these figures"
+        )
     return None

@@ -15,8 +15,9 @@ def _plt():
     return plt
 
 
-def latency_throughput(series: dict[str, list[dict[str, Any]]], path: Path,
-                       ceilings: dict[str, float] | None = None) -> Path:
+def latency_throughput(
+    series: dict[str, list[dict[str, Any]]], path: Path, ceilings: dict[str, float] | None = None
+) -> Path:
     """One line per series (label -> levels): median TPOT and p99 TTFT against output tok/s;
     `ceilings` (label -> tok/s) are drawn as vertical lines (e.g. an in-process static batch)."""
     plt = _plt()

@@ -8,20 +8,38 @@ import math
 from pathlib import Path
 from typing import Any
 
-from slm_toolkit.artifacts import write_json_atomic, write_text_atomic
 from slm_toolkit.bench.metrics import FORMULAS
+from slm_toolkit.core.artifacts import write_json_atomic, write_text_atomic
 
-TERMINAL = ("level", "label", "done", "failed", "out tok/s", "TTFT med ms", "TTFT p99 ms", "TPOT med ms",
-            "ITL med ms", "E2E med ms")  # the columns that fit a terminal
+TERMINAL = (
+    "level",
+    "label",
+    "done",
+    "failed",
+    "out tok/s",
+    "TTFT med ms",
+    "TTFT p99 ms",
+    "TPOT med ms",
+    "ITL med ms",
+    "E2E med ms",
+)  # the columns that fit a terminal
 COLUMNS = [  # (header, key, format)
-    ("level", "name", "s"), ("done", "completed", ".0f"), ("failed", "failed", ".0f"),
-    ("429", "rate_limited", ".0f"), ("req/s", "request_throughput", ".2f"),
-    ("out tok/s", "output_throughput", ".1f"), ("total tok/s", "total_token_throughput", ".1f"),
+    ("level", "name", "s"),
+    ("done", "completed", ".0f"),
+    ("failed", "failed", ".0f"),
+    ("429", "rate_limited", ".0f"),
+    ("req/s", "request_throughput", ".2f"),
+    ("out tok/s", "output_throughput", ".1f"),
+    ("total tok/s", "total_token_throughput", ".1f"),
     ("goodput req/s", "request_goodput", ".2f"),
-    ("TTFT med ms", "median_ttft_ms", ".1f"), ("TTFT p99 ms", "p99_ttft_ms", ".1f"),
-    ("TPOT med ms", "median_tpot_ms", ".2f"), ("TPOT p99 ms", "p99_tpot_ms", ".2f"),
-    ("ITL med ms", "median_itl_ms", ".2f"), ("ITL p99 ms", "p99_itl_ms", ".2f"),
-    ("E2E med ms", "median_e2el_ms", ".0f"), ("E2E p99 ms", "p99_e2el_ms", ".0f"),
+    ("TTFT med ms", "median_ttft_ms", ".1f"),
+    ("TTFT p99 ms", "p99_ttft_ms", ".1f"),
+    ("TPOT med ms", "median_tpot_ms", ".2f"),
+    ("TPOT p99 ms", "p99_tpot_ms", ".2f"),
+    ("ITL med ms", "median_itl_ms", ".2f"),
+    ("ITL p99 ms", "p99_itl_ms", ".2f"),
+    ("E2E med ms", "median_e2el_ms", ".0f"),
+    ("E2E p99 ms", "p99_e2el_ms", ".0f"),
 ]
 
 
@@ -58,13 +76,25 @@ def table_md(levels: list[dict[str, Any]], label_col: bool = False) -> str:
 
 def markdown(doc: dict[str, Any]) -> str:
     head = f"## Serving benchmark: {doc.get('label', '')}\n\n"
-    settings = ", ".join(f"{k} {doc[k]}" for k in ("url", "artifact", "backend", "scheduler", "dataset",
-                                                     "input_len", "output_len", "warmup", "slo")
-                         if doc.get(k) is not None)
+    settings = ", ".join(
+        f"{k} {doc[k]}"
+        for k in ("url", "artifact", "backend", "scheduler", "dataset", "input_len", "output_len", "warmup", "slo")
+        if doc.get(k) is not None
+    )
     warnings = [f"- **warning ({lv['name']})**: {w}" for lv in doc["levels"] for w in lv.get("warnings", [])]
     formulas = "\n".join(f"- `{k}`: {v}" for k, v in doc["formulas"].items())
-    return (head + settings + "\n\n" + table_md(doc["levels"]) + "\n" + "\n".join(warnings)
-            + ("\n\n" if warnings else "") + "Formulas:\n\n" + formulas + "\n")
+    return (
+        head
+        + settings
+        + "\n\n"
+        + table_md(doc["levels"])
+        + "\n"
+        + "\n".join(warnings)
+        + ("\n\n" if warnings else "")
+        + "Formulas:\n\n"
+        + formulas
+        + "\n"
+    )
 
 
 def save(doc: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
@@ -88,8 +118,19 @@ def compare_md(docs: list[dict[str, Any]], names: list[str]) -> str:
 
 def flat_metrics(levels: list[dict[str, Any]]) -> dict[str, float]:
     """Numbers for the run manifest: <key>_<level> for the headline keys of every level."""
-    keys = ("output_throughput", "request_throughput", "request_goodput", "median_ttft_ms", "p99_ttft_ms",
-            "median_tpot_ms", "p99_tpot_ms", "median_itl_ms", "median_e2el_ms", "completed", "failed")
+    keys = (
+        "output_throughput",
+        "request_throughput",
+        "request_goodput",
+        "median_ttft_ms",
+        "p99_ttft_ms",
+        "median_tpot_ms",
+        "p99_tpot_ms",
+        "median_itl_ms",
+        "median_e2el_ms",
+        "completed",
+        "failed",
+    )
     out: dict[str, float] = {}
     for lv in levels:
         for k in keys:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from slm_toolkit.bench import plots, results
 from slm_toolkit.bench.client import Endpoint
@@ -19,29 +20,52 @@ from slm_toolkit.bench.metrics import saturation_warning, summarize
 DURATION_POOL = 20_000  # prompts prepared for a --duration run (the clock stops it first)
 
 
-def measure_level(ep: Endpoint, level: Level, prompts, warmup, seed: int, slo, duration_s,
-                  on_done=None) -> dict[str, Any]:
+def measure_level(
+    ep: Endpoint, level: Level, prompts, warmup, seed: int, slo, duration_s, on_done=None
+) -> dict[str, Any]:
     """Run one level and summarize it: vLLM's keys, warnings and per-request detail."""
     res, _wall = asyncio.run(run_level(ep, level, prompts, warmup, seed, duration_s, on_done))
     summary = summarize(res, slo)
     warnings = []
-    if (w := saturation_warning(summary, open_loop=level.rate is not None)):
+    if w := saturation_warning(summary, open_loop=level.rate is not None):
         warnings.append(w)
     if summary["usage_missing"]:
-        warnings.append(f"{summary['usage_missing']} responses carried no `usage`: token counts are streamed "
-                        "chunks, not the server's count")
+        warnings.append(
+            f"{summary['usage_missing']} responses carried no `usage`: token counts are streamed "
+            "chunks, not the server's count"
+        )
     if summary["failed"]:
         first = next(r.error for r in res if not r.ok)
         warnings.append(f"{summary['failed']} requests failed (first error: {first})")
-    return {"name": level.name, "concurrency": level.concurrency, "rate": level.rate,
-            "burstiness": level.burstiness if level.rate is not None else None,
-            **summary, "warnings": warnings, "requests": [r.to_dict() for r in res]}
+    return {
+        "name": level.name,
+        "concurrency": level.concurrency,
+        "rate": level.rate,
+        "burstiness": level.burstiness if level.rate is not None else None,
+        **summary,
+        "warnings": warnings,
+        "requests": [r.to_dict() for r in res],
+    }
 
 
-def run(ep: Endpoint, levels: list[Level], *, dataset: str, num_requests: int | None, input_len: int,
-        output_len: int, warmup: int, seed: int, slo: dict[str, float] | None, duration_s: float | None,
-        tokenizer=None, out_dir: Path, run_info: dict[str, Any],
-        on_level: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> dict[str, Any]:
+def run(
+    ep: Endpoint,
+    levels: list[Level],
+    *,
+    dataset: str,
+    num_requests: int | None,
+    input_len: int,
+    output_len: int,
+    warmup: int,
+    seed: int,
+    slo: dict[str, float] | None,
+    duration_s: float | None,
+    tokenizer=None,
+    out_dir: Path,
+    run_info: dict[str, Any],
+    on_level: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Measure every level with the same prompts; write results.json/.md and the two plots."""
     n = num_requests or DURATION_POOL
     pool = load_prompts(dataset, n + warmup, input_len, output_len, seed, tokenizer, as_text=ep.api == "chat")
@@ -55,10 +79,21 @@ def run(ep: Endpoint, levels: list[Level], *, dataset: str, num_requests: int | 
             done.append(lv)
             if on_level:
                 on_level(lv)
-    info = {"tool": "slm bench", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "url": ep.base_url, "api": ep.api, "dataset": dataset, "num_requests": num_requests,
-            "duration_s": duration_s, "input_len": input_len if dataset == "random" else None,
-            "output_len": output_len, "warmup": warmup, "seed": seed, "slo": slo, **run_info}
+    info = {
+        "tool": "slm bench",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "url": ep.base_url,
+        "api": ep.api,
+        "dataset": dataset,
+        "num_requests": num_requests,
+        "duration_s": duration_s,
+        "input_len": input_len if dataset == "random" else None,
+        "output_len": output_len,
+        "warmup": warmup,
+        "seed": seed,
+        "slo": slo,
+        **run_info,
+    }
     doc = results.build(info, done)
     results.save(doc, out_dir)
     write_plots(doc, out_dir)

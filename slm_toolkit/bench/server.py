@@ -9,9 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -22,11 +22,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_command(artifact: Path, port: int, backend: str = "auto", scheduler: str = "continuous",
-                  max_batch_size: int | None = None, device: str | None = None,
-                  extra: list[str] | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "slm_toolkit.cli", "serve", str(artifact), "--host", "127.0.0.1",
-           "--port", str(port), "--backend", backend, "--scheduler", scheduler]
+def serve_command(
+    artifact: Path,
+    port: int,
+    backend: str = "auto",
+    scheduler: str = "continuous",
+    max_batch_size: int | None = None,
+    device: str | None = None,
+    extra: list[str] | None = None,
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "slm_toolkit.cli",
+        "serve",
+        str(artifact),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend",
+        backend,
+        "--scheduler",
+        scheduler,
+    ]
     if max_batch_size:
         cmd += ["--max-batch-size", str(max_batch_size)]
     if device:
@@ -34,8 +53,9 @@ def serve_command(artifact: Path, port: int, backend: str = "auto", scheduler: s
     return cmd + (extra or [])
 
 
-def wait_ready(url: str, proc: subprocess.Popen | None, timeout_s: float, path: str = "/ready",
-               log: Path | None = None) -> float:
+def wait_ready(
+    url: str, proc: subprocess.Popen | None, timeout_s: float, path: str = "/ready", log: Path | None = None
+) -> float:
     """Poll url+path until 200; seconds waited. Raises if the process dies or time runs out."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout_s:
@@ -64,8 +84,14 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
 
 
 @contextmanager
-def launched(cmd: list[str], log: Path, ready_path: str = "/ready", timeout_s: float = 300.0,
-             env: dict[str, str] | None = None, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+def launched(
+    cmd: list[str],
+    log: Path,
+    ready_path: str = "/ready",
+    timeout_s: float = 300.0,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """Run `cmd` (a server listening on 127.0.0.1:port) with output to `log`; yield (base URL, process)."""
     if port is None:
         port = int(cmd[cmd.index("--port") + 1])
@@ -81,7 +107,7 @@ def launched(cmd: list[str], log: Path, ready_path: str = "/ready", timeout_s: f
             stop(proc)
 
 
-def serve_artifact(artifact: Path, log: Path, **kwargs) -> "contextmanager":
+def serve_artifact(artifact: Path, log: Path, **kwargs) -> contextmanager:
     """`slm serve ARTIFACT` on a free loopback port: a context manager yielding (URL, process)."""
     return launched(serve_command(artifact, free_port(), **kwargs), log)
 

@@ -35,21 +35,47 @@ def run(cfg: BenchConfig, inp: StageInput) -> StageOutput:
     start = time.perf_counter()
 
     # loop: one server for the whole sweep
-    with serve_artifact(inp.artifact, out / "server.log", backend=cfg.backend, scheduler=cfg.scheduler,
-                        max_batch_size=cfg.max_batch_size, device=inp.device) as (url, _proc):
+    with serve_artifact(
+        inp.artifact,
+        out / "server.log",
+        backend=cfg.backend,
+        scheduler=cfg.scheduler,
+        max_batch_size=cfg.max_batch_size,
+        device=inp.device,
+    ) as (url, _proc):
         ready_s = time.perf_counter() - start
-        info = {"label": inp.artifact.name, "artifact": str(inp.artifact), "backend": cfg.backend,
-                "scheduler": cfg.scheduler, "max_batch_size": cfg.max_batch_size}
-        doc = runner.run(Endpoint(url), levels, dataset=cfg.dataset, num_requests=cfg.num_requests,
-                         input_len=cfg.input_len, output_len=cfg.output_len, warmup=cfg.warmup,
-                         seed=inp.seed, slo=cfg.slo, duration_s=None, tokenizer=tokenizer, out_dir=out,
-                         run_info=info)
+        info = {
+            "label": inp.artifact.name,
+            "artifact": str(inp.artifact),
+            "backend": cfg.backend,
+            "scheduler": cfg.scheduler,
+            "max_batch_size": cfg.max_batch_size,
+        }
+        doc = runner.run(
+            Endpoint(url),
+            levels,
+            dataset=cfg.dataset,
+            num_requests=cfg.num_requests,
+            input_len=cfg.input_len,
+            output_len=cfg.output_len,
+            warmup=cfg.warmup,
+            seed=inp.seed,
+            slo=cfg.slo,
+            duration_s=None,
+            tokenizer=tokenizer,
+            out_dir=out,
+            run_info=info,
+        )
 
     # save (results.json/.md and plots are already in the stage folder)
     plots = ["latency_throughput.png", "ttft_cdf.png"]
-    report = (f"Serving benchmark of `{inp.artifact.name}` ({cfg.backend} backend, {cfg.scheduler} scheduler, "
-              f"{cfg.dataset} prompts, {cfg.output_len} output tokens; details in results.md):\n\n"
-              + table_md(doc["levels"]))
-    return StageOutput(artifact=inp.artifact, metrics=flat_metrics(doc["levels"]),
-                       timings={"server_start_s": ready_s, "bench_s": time.perf_counter() - start},
-                       extra={"report_md": report, "plots": plots})
+    report = (
+        f"Serving benchmark of `{inp.artifact.name}` ({cfg.backend} backend, {cfg.scheduler} scheduler, "
+        f"{cfg.dataset} prompts, {cfg.output_len} output tokens; details in results.md):\n\n" + table_md(doc["levels"])
+    )
+    return StageOutput(
+        artifact=inp.artifact,
+        metrics=flat_metrics(doc["levels"]),
+        timings={"server_start_s": ready_s, "bench_s": time.perf_counter() - start},
+        extra={"report_md": report, "plots": plots},
+    )

@@ -1,11 +1,11 @@
 """The recipe's `data:` section (pydantic only, no torch: `slm validate` imports it).
 
-    data:
-      source: builtin:arith-cot   # or a .jsonl file, or a folder with train.jsonl / test.jsonl
-      format: auto                # auto | fields | gsm8k | think
-      train: 20000                # training examples
-      eval: 500                   # held-out examples
-      task: {steps: 4, digits: 1, ops: "+-", verify: 0}   # the builtin demo task only
+data:
+  source: builtin:arith-cot   # or a .jsonl file, or a folder with train.jsonl / test.jsonl
+  format: auto                # auto | fields | gsm8k | think
+  train: 20000                # training examples
+  eval: 500                   # held-out examples
+  task: {steps: 4, digits: 1, ops: "+-", verify: 0}   # the builtin demo task only
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ DEMO_OPS = "+-*"
 
 
 class DemoTaskConfig(BaseModel):
-    """Knobs of the builtin arithmetic task (see slm_toolkit.data.demo)."""
+    """Knobs of the builtin arithmetic task (see slm_toolkit.demo.task)."""
 
     model_config = ConfigDict(extra="forbid")
 

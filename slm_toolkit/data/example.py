@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 # Per-token segment ids. Every token of a tokenized example carries exactly one.
 TEMPLATE = 0
@@ -30,3 +31,13 @@ class TokenizedExample:
     def __post_init__(self) -> None:
         if len(self.ids) != len(self.segments):
             raise ValueError("ids and segments must have the same length")
+
+
+@dataclass
+class DataBundle:
+    """The recipe's data, loaded once: train and eval examples plus where they came from."""
+
+    train: list[Example]
+    eval: list[Example]
+    source: str
+    options: dict[str, Any] = field(default_factory=dict)

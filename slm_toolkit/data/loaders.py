@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from slm_toolkit.data.config import DemoTaskConfig
-from slm_toolkit.data.demo import generate_examples
-from slm_toolkit.data.example import Example
-from slm_toolkit.stage import DataBundle
+from slm_toolkit.data.example import DataBundle, Example
+from slm_toolkit.demo.task import generate_examples
 
 BUILTIN_DEMO = "builtin:arith-cot"
 FORMATS = ("auto", "fields", "gsm8k", "think")
@@ -106,7 +105,7 @@ def load_jsonl_examples(path: str | Path, fmt: str = "auto") -> list[Example]:
 
 
 def detect_format(record: dict[str, Any], where: str = "record") -> str:
-    """"fields", "gsm8k" or "think" from a record's keys."""
+    """ "fields", "gsm8k" or "think" from a record's keys."""
     keys = set(record)
     if {"prompt", "cot", "answer"} <= keys:
         return "fields"
@@ -225,7 +224,9 @@ def _first_key(rec: dict, keys: tuple[str, ...], where: str, what: str) -> str:
     for key in keys:
         if key in rec:
             return key
-    raise ValueError(f"{where}: missing a {what} field (one of {', '.join(keys)}) for format 'think'; has {sorted(rec)}")
+    raise ValueError(
+        f"{where}: missing a {what} field (one of {', '.join(keys)}) for format 'think'; has {sorted(rec)}"
+    )
 
 
 def _from_messages(messages: Any, where: str) -> tuple[str, str]:

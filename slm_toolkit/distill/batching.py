@@ -116,7 +116,9 @@ def plan_steps(
             if full:
                 splits *= full_batch_splits(fraction, tokens, max(len(ex.ids) for ex in batch))
             step = Step(
-                index=index, epoch=epoch, full=full,
+                index=index,
+                epoch=epoch,
+                full=full,
                 denom=sum(sum(w > 0 for w in k.weights) for k in kept),
                 examples=len(batch),
                 empty=sum(not any(w > 0 for w in k.weights) for k in kept),
@@ -151,8 +153,9 @@ def collate(seqs: Sequence[Kept], pad_id: int) -> MicroBatch:
     with nothing supervised (keeps every process running the same number of micro-batches)."""
     if not seqs:
         z = torch.zeros(0, dtype=torch.long)
-        return MicroBatch(torch.full((1, 1), pad_id), torch.ones(1, 1, dtype=torch.long), z, z, z,
-                          torch.zeros(0), [], 0)
+        return MicroBatch(
+            torch.full((1, 1), pad_id), torch.ones(1, 1, dtype=torch.long), z, z, z, torch.zeros(0), [], 0
+        )
     width = max(len(s.ids) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -167,9 +170,16 @@ def collate(seqs: Sequence[Kept], pad_id: int) -> MicroBatch:
                 labels.append(s.ids[t + 1])
                 weights.append(w)
     as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return MicroBatch(ids, mask, as_long(rows), as_long(cols), as_long(labels),
-                      torch.tensor(weights, dtype=torch.float32), [s.cache_key for s in seqs],
-                      sum(len(s.ids) for s in seqs))
+    return MicroBatch(
+        ids,
+        mask,
+        as_long(rows),
+        as_long(cols),
+        as_long(labels),
+        torch.tensor(weights, dtype=torch.float32),
+        [s.cache_key for s in seqs],
+        sum(len(s.ids) for s in seqs),
+    )
 
 
 def cache_sequences(

@@ -35,8 +35,8 @@ GKD computes them on full logits of the whole batch).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -178,8 +178,13 @@ def distill_loss(
             t_chunk = _slice(targets, lo, hi, vocab)
             s_logits = head(h)[..., :vocab]
             per_tok = token_losses(
-                s_logits, t_chunk, labels[lo:hi],
-                kind=kind, temperature=temperature, param=param, ce_weight=ce_weight,
+                s_logits,
+                t_chunk,
+                labels[lo:hi],
+                kind=kind,
+                temperature=temperature,
+                param=param,
+                ce_weight=ce_weight,
             )
             return (per_tok * weights[lo:hi]).sum()
 

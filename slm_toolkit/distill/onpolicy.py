@@ -44,10 +44,16 @@ def sample(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-            top_k=0 if temperature > 0 else None, top_p=None,
-            pad_token_id=pad_id, eos_token_id=list(eos_ids), use_cache=True,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_k=0 if temperature > 0 else None,
+            top_p=None,
+            pad_token_id=pad_id,
+            eos_token_id=list(eos_ids),
+            use_cache=True,
         )
     model.train(was_training)
     new = out[:, width:].tolist()

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from slm_toolkit import paths
+from slm_toolkit.core import paths
 from slm_toolkit.distill.losses import TopKTargets
 
 META = "meta.json"
@@ -87,13 +87,20 @@ def open_cache(folder: Path, teacher_hash: str, tok_hash: str, top_k: int, vocab
     """The cache in `folder` (empty if new), after checking it was written by this teacher."""
     meta_path = folder / META
     if not meta_path.exists():
-        meta = {"teacher_hash": teacher_hash, "tokenizer_hash": tok_hash, "top_k": top_k, "vocab": vocab,
-                "distribution": "top-k log-probs at T=1 (KD uses the tail-bucketed k+1 distribution)",
-                "shards": []}
+        meta = {
+            "teacher_hash": teacher_hash,
+            "tokenizer_hash": tok_hash,
+            "top_k": top_k,
+            "vocab": vocab,
+            "distribution": "top-k log-probs at T=1 (KD uses the tail-bucketed k+1 distribution)",
+            "shards": [],
+        }
         return TeacherCache(folder, meta)
     meta = json.loads(meta_path.read_text())
-    for what, stored, now in (("teacher", meta["teacher_hash"], teacher_hash),
-                              ("tokenizer", meta["tokenizer_hash"], tok_hash)):
+    for what, stored, now in (
+        ("teacher", meta["teacher_hash"], teacher_hash),
+        ("tokenizer", meta["tokenizer_hash"], tok_hash),
+    ):
         if stored != now:
             raise TeacherCacheMismatch(
                 f"the teacher cache {folder} was written with a different {what} (hash {stored}, now {now}): "
@@ -124,8 +131,17 @@ def fill_cache(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (cache.folder / META).exists():  # another run may have added shards meanwhile
             cache.__init__(cache.folder, json.loads((cache.folder / META).read_text()))
-        return _fill_locked(cache, teacher, sequences, vocab=vocab, pad_id=pad_id, device=device,
-                            batch_size=batch_size, shard_sequences=shard_sequences, progress=progress)
+        return _fill_locked(
+            cache,
+            teacher,
+            sequences,
+            vocab=vocab,
+            pad_id=pad_id,
+            device=device,
+            batch_size=batch_size,
+            shard_sequences=shard_sequences,
+            progress=progress,
+        )
 
 
 def _fill_locked(cache, teacher, sequences, *, vocab, pad_id, device, batch_size, shard_sequences, progress) -> int:

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from slm_toolkit.accounting import Accountant
+from slm_toolkit.core.accounting import Accountant
 from slm_toolkit.distill.batching import MicroBatch, Step, collate
 from slm_toolkit.distill.losses import OnlineTargets, distill_loss
 
@@ -92,9 +92,18 @@ class StudentLoss(torch.nn.Module):
         h = h.reshape(-1, h.shape[-1]).index_select(0, flat_positions)
         ls = self.loss
         return distill_loss(
-            h, self.model.get_output_embeddings(), targets, labels, weights, denom,
-            kind=ls.kind, temperature=ls.temperature, param=ls.param, ce_weight=ls.ce_weight,
-            vocab=ls.vocab, chunk_size=ls.chunk_size,
+            h,
+            self.model.get_output_embeddings(),
+            targets,
+            labels,
+            weights,
+            denom,
+            kind=ls.kind,
+            temperature=ls.temperature,
+            param=ls.param,
+            ce_weight=ls.ce_weight,
+            vocab=ls.vocab,
+            chunk_size=ls.chunk_size,
         )
 
 
@@ -133,7 +142,9 @@ def wrap(model: torch.nn.Module, loss: LossSettings, fsdp: bool, device: str) ->
         return fully_shard(module)
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+    return DistributedDataParallel(
+        module, device_ids=[torch.device(device).index] if device.startswith("cuda") else None
+    )
 
 
 # -- checkpoints: safetensors for tensors, JSON for the rest ----------------------------------
@@ -167,8 +178,9 @@ def save_checkpoint(folder: Path, model, opt, extra: dict) -> None:
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in msd.items()}, str(tmp / "model.safetensors"))
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "trainer.json").write_text(json.dumps(
-        extra | {"optimizer_scalars": scalars, "param_groups": osd["param_groups"]}, default=float))
+    (tmp / "trainer.json").write_text(
+        json.dumps(extra | {"optimizer_scalars": scalars, "param_groups": osd["param_groups"]}, default=float)
+    )
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         folder.rename(old)
@@ -189,8 +201,9 @@ def load_checkpoint(folder: Path, model, opt) -> dict:
         fqn, name = key.split("::")
         state.setdefault(fqn, {})[name] = v
     osd = {"state": state, "param_groups": info["param_groups"]}
-    set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd,
-                   options=StateDictOptions(full_state_dict=True))
+    set_state_dict(
+        model, opt, model_state_dict=msd, optim_state_dict=osd, options=StateDictOptions(full_state_dict=True)
+    )
     return info
 
 
@@ -232,8 +245,9 @@ def train(
     module = wrap(model, s.loss, fsdp, device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     other = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=s.lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": s.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=s.lr
+    )
     factor = lr_factor(s.schedule, s.total_steps, s.warmup)
     history: list[float] = []
     start = 0
@@ -259,8 +273,12 @@ def train(
         bar.set_postfix(loss=f"{loss:.4f}")
         done = step.index + 1
         if done % s.checkpoint_every == 0 and done < s.total_steps:
-            save_checkpoint(workdir / "checkpoints" / "last", model, opt, {
-                "step": done, "history": history, "accounting": acc.state(), "fingerprint": s.fingerprint})
+            save_checkpoint(
+                workdir / "checkpoints" / "last",
+                model,
+                opt,
+                {"step": done, "history": history, "accounting": acc.state(), "fingerprint": s.fingerprint},
+            )
             if n_proc > 1:
                 dist.barrier()
     bar.close()
@@ -275,12 +293,22 @@ def _one_step(module, step: Step, opt, s: TrainSettings, acc: Accountant, device
         with contextlib.nullcontext() if sync else module.no_sync():
             acc.begin()
             with _autocast(device):
-                targets = (cache.targets(mb.cache_keys, mb.rows, mb.cols) if cache is not None and not step_online(step)
-                           else teacher_targets(teacher, mb, device))
+                targets = (
+                    cache.targets(mb.cache_keys, mb.rows, mb.cols)
+                    if cache is not None and not step_online(step)
+                    else teacher_targets(teacher, mb, device)
+                )
                 if hasattr(targets, "logprobs"):
                     targets.logprobs, targets.indices = targets.logprobs.to(device), targets.indices.to(device)
-                loss = module(mb.input_ids.to(device), mb.attention_mask.to(device), mb.flat_positions.to(device),
-                              targets, mb.labels.to(device), mb.weights.to(device), float(max(step.denom, 1)))
+                loss = module(
+                    mb.input_ids.to(device),
+                    mb.attention_mask.to(device),
+                    mb.flat_positions.to(device),
+                    targets,
+                    mb.labels.to(device),
+                    mb.weights.to(device),
+                    float(max(step.denom, 1)),
+                )
             acc.sample()
             (loss * n_proc).backward()
             acc.sample()
@@ -294,7 +322,8 @@ def _one_step(module, step: Step, opt, s: TrainSettings, acc: Accountant, device
     if not torch.isfinite(total):  # fail loudly before a NaN reaches the weights (and the artifact)
         raise FloatingPointError(
             f"distill: the loss is {float(total)} at step {step.index + 1}; lower train.lr or check the "
-            "teacher and data (the last checkpoint is kept for a resume)")
+            "teacher and data (the last checkpoint is kept for a resume)"
+        )
     if s.clip is not None:
         torch.nn.utils.clip_grad_norm_(module.parameters(), s.clip)
     opt.step()

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slm_toolkit.artifacts import artifact_kind, read_meta, write_json_atomic
-from slm_toolkit.evaluate import metrics as M
+from slm_toolkit.core.artifacts import artifact_kind, read_meta, write_json_atomic
 from slm_toolkit.evaluate.config import EvaluateConfig
+from slm_toolkit.measures import metrics as M
 from slm_toolkit.stage import StageInput, StageOutput
 
 
@@ -53,8 +53,11 @@ def run(cfg: EvaluateConfig, inp: StageInput) -> StageOutput:
     generator = load_generator(artifact, backend=cfg.backend, device=inp.device)
     quality = M.exact_match(generator, tokenizer, examples, max_new, cfg.batch_size, progress=True)
     timings["generate_s"] = time.perf_counter() - t0
-    metrics: dict[str, float] = {"accuracy": quality["accuracy"], "answer_rate": quality["answer_rate"],
-                                 "n_eval": quality["n"]}
+    metrics: dict[str, float] = {
+        "accuracy": quality["accuracy"],
+        "answer_rate": quality["answer_rate"],
+        "n_eval": quality["n"],
+    }
     t0 = time.perf_counter()
     model = _torch_model(generator, artifact, kind, inp.device)
     if model is not None:
@@ -65,22 +68,28 @@ def run(cfg: EvaluateConfig, inp: StageInput) -> StageOutput:
     metrics["params"] = float(_parameters(model, artifact, kind))
     metrics["bytes"] = float(M.bytes_on_disk(artifact))
     t0 = time.perf_counter()
-    latency = M.decode_latency(generator, prompt_ids(tokenizer, examples[0].prompt), max_new,
-                               repeats=cfg.latency_repeats, warmup=1)
+    latency = M.decode_latency(
+        generator, prompt_ids(tokenizer, examples[0].prompt), max_new, repeats=cfg.latency_repeats, warmup=1
+    )
     metrics.update({k: v for k, v in latency.items() if k != "new_tokens"})
     timings["latency_s"] = time.perf_counter() - t0
 
     # retention against the reference
     t0 = time.perf_counter()
     reference = _reference_folder(cfg.reference, inp.model)
-    ref_acc = reference_accuracy(reference, artifact, quality["accuracy"], examples, max_new, cfg.batch_size,
-                                 inp.device, inp.run_dir)
+    ref_acc = reference_accuracy(
+        reference, artifact, quality["accuracy"], examples, max_new, cfg.batch_size, inp.device, inp.run_dir
+    )
     timings["reference_s"] = time.perf_counter() - t0
     metrics["reference_accuracy"] = ref_acc
     if ref_acc > 0:
         metrics["retention"] = metrics["accuracy"] / ref_acc
-    return StageOutput(artifact=inp.artifact, metrics=metrics, timings=timings,
-                       extra={"report_md": _report(artifact, reference, metrics, max_new)})
+    return StageOutput(
+        artifact=inp.artifact,
+        metrics=metrics,
+        timings=timings,
+        extra={"report_md": _report(artifact, reference, metrics, max_new)},
+    )
 
 
 def _torch_model(generator: Any, artifact: Path, kind: str, device: str) -> Any:
@@ -149,8 +158,9 @@ def reference_accuracy(
         generator = load_generator(reference, backend="auto", device=device)
         tokenizer = load_tokenizer(reference)
         accuracy = M.exact_match(generator, tokenizer, examples, max_new, batch_size, progress=True)["accuracy"]
-    write_json_atomic(cache, {"reference": str(reference), "accuracy": accuracy, "n": len(examples),
-                              "max_new_tokens": max_new})
+    write_json_atomic(
+        cache, {"reference": str(reference), "accuracy": accuracy, "n": len(examples), "max_new_tokens": max_new}
+    )
     return float(accuracy)
 
 
@@ -167,12 +177,26 @@ def _reference_key(reference: Path, examples: list, max_new: int) -> str:
 
 
 def _report(artifact: Path, reference: Path, metrics: dict[str, float], max_new: int) -> str:
-    rows = [("accuracy", "{:.1%}"), ("answer_rate", "{:.1%}"), ("retention", "{:.1%}"),
-            ("reference_accuracy", "{:.1%}"), ("ppl_prompt", "{:.3f}"), ("ppl_cot", "{:.3f}"),
-            ("ppl_answer", "{:.3f}"), ("params", "{:,.0f}"), ("bytes", "{:,.0f}"),
-            ("latency_ms_median", "{:.1f}"), ("latency_ms_spread", "{:.1f}"), ("tok_s", "{:.1f}")]
-    lines = [f"Artifact `{artifact}`, reference `{reference}`; greedy decoding, up to {max_new} new tokens; "
-             f"latency: batch 1, {max_new} tokens, median and interquartile range of the repeats.", "",
-             "| metric | value |", "|---|---|"]
+    rows = [
+        ("accuracy", "{:.1%}"),
+        ("answer_rate", "{:.1%}"),
+        ("retention", "{:.1%}"),
+        ("reference_accuracy", "{:.1%}"),
+        ("ppl_prompt", "{:.3f}"),
+        ("ppl_cot", "{:.3f}"),
+        ("ppl_answer", "{:.3f}"),
+        ("params", "{:,.0f}"),
+        ("bytes", "{:,.0f}"),
+        ("latency_ms_median", "{:.1f}"),
+        ("latency_ms_spread", "{:.1f}"),
+        ("tok_s", "{:.1f}"),
+    ]
+    lines = [
+        f"Artifact `{artifact}`, reference `{reference}`; greedy decoding, up to {max_new} new tokens; "
+        f"latency: batch 1, {max_new} tokens, median and interquartile range of the repeats.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {fmt.format(metrics[name])} |" for name, fmt in rows if name in metrics]
     return "\n".join(lines) + "\n"

@@ -33,7 +33,7 @@ class Range(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Range":
+    def _ordered(self) -> Range:
         if not 1 <= self.min <= self.opt <= self.max:
             raise ValueError(f"must satisfy 1 <= min <= opt <= max, got [{self.min}, {self.opt}, {self.max}]")
         return self
@@ -84,11 +84,14 @@ class ExportConfig(BaseModel):
 
     format: Literal["onnx", "tensorrt"] = "onnx"
     optimize: Literal["none", "basic", "all"] = Field(
-        "basic", description="ONNX Runtime graph optimization saved into model.onnx (basic is portable; "
-        "all adds hardware-specific fusions and is applied when the session starts)")
+        "basic",
+        description="ONNX Runtime graph optimization saved into model.onnx (basic is portable; "
+        "all adds hardware-specific fusions and is applied when the session starts)",
+    )
     opset: int = 18
     precision: Literal["fp32", "fp16", "int8", "fp8"] | None = Field(
-        None, description="tensorrt only: engine precision (default fp16)")
+        None, description="tensorrt only: engine precision (default fp16)"
+    )
     profiles: Profiles = Profiles()
     parity: ParityConfig = ParityConfig()
 
@@ -100,7 +103,7 @@ class ExportConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _tensorrt(self) -> "ExportConfig":
+    def _tensorrt(self) -> ExportConfig:
         if self.format != "tensorrt":
             if self.precision is not None:
                 raise ValueError("precision applies to format: tensorrt only (quantize ONNX with the quantize stage)")
@@ -118,22 +121,28 @@ def tensorrt_unavailable_reason(precision: str = "fp16") -> str | None:
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:
-        return ("format: tensorrt needs NVIDIA TensorRT, which is not installed: pip install tensorrt "
-                "from NVIDIA's package index on a machine with a CUDA GPU (or use format: onnx)")
+        return (
+            "format: tensorrt needs NVIDIA TensorRT, which is not installed: pip install tensorrt "
+            "from NVIDIA's package index on a machine with a CUDA GPU (or use format: onnx)"
+        )
     import torch
 
     if not torch.cuda.is_available():
         return "format: tensorrt needs a CUDA GPU; none is available here (use format: onnx)"
     if precision == "fp8" and tuple(torch.cuda.get_device_capability()) < (8, 9):
         cc = torch.cuda.get_device_capability()
-        return (f"precision: fp8 needs a CUDA GPU of compute capability >= 8.9; "
-                f"{torch.cuda.get_device_name()} has {cc[0]}.{cc[1]} (use fp16 or int8)")
+        return (
+            f"precision: fp8 needs a CUDA GPU of compute capability >= 8.9; "
+            f"{torch.cuda.get_device_name()} has {cc[0]}.{cc[1]} (use fp16 or int8)"
+        )
     return None
 
 
 def output_kind(cfg: ExportConfig, input_kind: str) -> str:
     """The artifact kind this stage produces; ValueError if the input cannot be exported."""
     if input_kind != "hf":
-        raise ValueError(f"export takes a Hugging Face model folder, not a {input_kind} artifact: "
-                         "put export before any ort_* quantize scheme")
+        raise ValueError(
+            f"export takes a Hugging Face model folder, not a {input_kind} artifact: "
+            "put export before any ort_* quantize scheme"
+        )
     return cfg.format

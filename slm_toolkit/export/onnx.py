@@ -10,19 +10,36 @@ import shutil
 from pathlib import Path
 
 OPTIMIZE_LEVELS = {"none": None, "basic": "O1", "all": "O2"}  # optimum's ORTOptimizer levels
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 
 
-def export_onnx(src: Path, out: Path, opset: int = 18, optimize: str = "basic", device: str = "cpu",
-                trust_remote_code: bool = False) -> Path:
+def export_onnx(
+    src: Path, out: Path, opset: int = 18, optimize: str = "basic", device: str = "cpu", trust_remote_code: bool = False
+) -> Path:
     """Export the HF folder `src` into `out` (model.onnx + config + tokenizer); returns model.onnx."""
     from optimum.exporters.onnx import main_export
     from transformers import AutoConfig
 
     out.mkdir(parents=True, exist_ok=True)
-    main_export(str(src), str(out), task="text-generation-with-past", opset=opset, device=device,
-                optimize=OPTIMIZE_LEVELS[optimize], do_validation=False, trust_remote_code=trust_remote_code)
+    main_export(
+        str(src),
+        str(out),
+        task="text-generation-with-past",
+        opset=opset,
+        device=device,
+        optimize=OPTIMIZE_LEVELS[optimize],
+        do_validation=False,
+        trust_remote_code=trust_remote_code,
+    )
     model_path = out / "model.onnx"
     if not model_path.exists():
         raise RuntimeError(f"optimum did not write {model_path}; files: {sorted(p.name for p in out.iterdir())}")

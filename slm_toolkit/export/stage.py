@@ -1,20 +1,21 @@
 """The `export` stage: a Hugging Face folder to ONNX (or a TensorRT engine), checked and measured.
 
-    setup    the input must be a Hugging Face folder; eval prompts tokenized for the parity gate
-    export   optimum-onnx: one merged decoder with KV cache (model.onnx) + config + tokenizer;
-             for tensorrt, that ONNX (kept in onnx/) is built into model.engine
-    check    parity gate against PyTorch on the eval prompts: max |logit difference| at prefill and
-             every decode step (both fed the same tokens), and greedy-token agreement; the stage
-             fails when either misses the config's tolerance (the figures are in the error)
-    measure  bytes on disk; batch-1 decode latency of the export vs PyTorch
-    save     slm_meta.json with the metrics; a section for the run report
+setup    the input must be a Hugging Face folder; eval prompts tokenized for the parity gate
+export   optimum-onnx: one merged decoder with KV cache (model.onnx) + config + tokenizer;
+         for tensorrt, that ONNX (kept in onnx/) is built into model.engine
+check    parity gate against PyTorch on the eval prompts: max |logit difference| at prefill and
+         every decode step (both fed the same tokens), and greedy-token agreement; the stage
+         fails when either misses the config's tolerance (the figures are in the error)
+measure  bytes on disk; batch-1 decode latency of the export vs PyTorch
+save     slm_meta.json with the metrics; a section for the run report
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class ExportParityError(RuntimeError):
 
 
 def run(cfg: ExportConfig, inp: StageInput) -> StageOutput:
-    from slm_toolkit.artifacts import artifact_kind, write_meta
+    from slm_toolkit.core.artifacts import artifact_kind, write_meta
     from slm_toolkit.data.segments import prompt_ids
     from slm_toolkit.models.load import load_tokenizer
 
@@ -56,10 +57,15 @@ def run(cfg: ExportConfig, inp: StageInput) -> StageOutput:
     check_s = time.perf_counter() - t1
 
     # save
-    write_meta(dst, kind=kind, stage="export", parent=str(src), format=cfg.format,
-               config=cfg.model_dump(), metrics=metrics)
-    return StageOutput(artifact=dst, metrics=metrics, timings={"export_s": export_s, "check_s": check_s},
-                       extra={"report_md": report_md(cfg, metrics)})
+    write_meta(
+        dst, kind=kind, stage="export", parent=str(src), format=cfg.format, config=cfg.model_dump(), metrics=metrics
+    )
+    return StageOutput(
+        artifact=dst,
+        metrics=metrics,
+        timings={"export_s": export_s, "check_s": check_s},
+        extra={"report_md": report_md(cfg, metrics)},
+    )
 
 
 def export_model(cfg: ExportConfig, src: Path, dst: Path, device: str, prompts: list[list[int]]) -> None:
@@ -79,8 +85,15 @@ def export_model(cfg: ExportConfig, src: Path, dst: Path, device: str, prompts: 
     config = AutoConfig.from_pretrained(src)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     p = cfg.profiles
-    build_engine(onnx_path, dst / ENGINE_FILE, cfg.precision or "fp16", (p.batch.min, p.batch.opt, p.batch.max),
-                 (p.seq.min, p.seq.opt, p.seq.max), head_dim=head_dim, calibration=prompts)
+    build_engine(
+        onnx_path,
+        dst / ENGINE_FILE,
+        cfg.precision or "fp16",
+        (p.batch.min, p.batch.opt, p.batch.max),
+        (p.seq.min, p.seq.opt, p.seq.max),
+        head_dim=head_dim,
+        calibration=prompts,
+    )
     for name in ("config.json", "generation_config.json"):
         if (onnx_dir / name).exists():
             shutil.copy2(onnx_dir / name, dst / name)
@@ -89,10 +102,10 @@ def export_model(cfg: ExportConfig, src: Path, dst: Path, device: str, prompts: 
 
 def open_pair(src: Path, dst: Path, kind: str, device: str) -> tuple[Any, Any]:
     """(PyTorch reference, exported model) as Generators."""
+    import torch
+
     from slm_toolkit.runtime.loader import load_generator
     from slm_toolkit.runtime.torch import TorchGenerator
-
-    import torch
 
     reference = TorchGenerator.from_folder(src, device=device, dtype=torch.float32)  # what optimum exports
     ort_device = "cpu"  # the CPU onnxruntime is what is installed; onnxruntime-gpu users get CUDA below
@@ -119,9 +132,13 @@ def parity(reference: Any, exported: Any, prompts: Sequence[Sequence[int]], new_
         le, se = exported.decode_step(tokens.tolist(), se)
         worst = max(worst, float(np.abs(lr - le).max()))
     scale = float(np.abs(lr).max()) or 1.0
-    return {"parity_max_abs_logit_diff": worst, "parity_rel_logit_diff": worst / scale,
-            "parity_token_agreement": float(agree.mean()), "parity_prompts": float(len(prompts)),
-            "parity_new_tokens": float(new_tokens)}
+    return {
+        "parity_max_abs_logit_diff": worst,
+        "parity_rel_logit_diff": worst / scale,
+        "parity_token_agreement": float(agree.mean()),
+        "parity_prompts": float(len(prompts)),
+        "parity_new_tokens": float(new_tokens),
+    }
 
 
 def gate(metrics: dict[str, float], atol: float, min_agreement: float) -> None:
@@ -130,30 +147,40 @@ def gate(metrics: dict[str, float], atol: float, min_agreement: float) -> None:
         raise ExportParityError(
             f"export parity gate failed: max |logit diff| {diff:.3g} (allowed {atol:g}), greedy tokens agree on "
             f"{agreement:.0%} of {int(metrics['parity_prompts'])} prompts (required {min_agreement:.0%}); "
-            "the exported model does not compute what the PyTorch model does")
+            "the exported model does not compute what the PyTorch model does"
+        )
 
 
 def measure(reference: Any, exported: Any, prompt: list[int], folder: Path) -> dict[str, float]:
-    from slm_toolkit.evaluate.metrics import bytes_on_disk, decode_latency
+    from slm_toolkit.measures.metrics import bytes_on_disk, decode_latency
 
     ref = decode_latency(reference, prompt, LATENCY_NEW_TOKENS, repeats=LATENCY_REPEATS, warmup=1)
     exp = decode_latency(exported, prompt, LATENCY_NEW_TOKENS, repeats=LATENCY_REPEATS, warmup=1)
-    return {"bytes": float(bytes_on_disk(folder)), "latency_ms_median": exp["latency_ms_median"],
-            "input_latency_ms_median": ref["latency_ms_median"], "tok_s": exp["tok_s"],
-            "speedup_vs_torch": ref["latency_ms_median"] / exp["latency_ms_median"]}
+    return {
+        "bytes": float(bytes_on_disk(folder)),
+        "latency_ms_median": exp["latency_ms_median"],
+        "input_latency_ms_median": ref["latency_ms_median"],
+        "tok_s": exp["tok_s"],
+        "speedup_vs_torch": ref["latency_ms_median"] / exp["latency_ms_median"],
+    }
 
 
 def report_md(cfg: ExportConfig, m: dict[str, float]) -> str:
     target = cfg.format if cfg.format == "onnx" else f"tensorrt ({cfg.precision})"
-    return "\n".join([
-        f"### export: {target}",
-        "",
-        "| check | value |",
-        "|---|---|",
-        f"| max \\|logit diff\\| vs PyTorch | {m['parity_max_abs_logit_diff']:.2e} (allowed {cfg.parity.atol:g}) |",
-        f"| greedy tokens agree | {m['parity_token_agreement']:.0%} of {int(m['parity_prompts'])} prompts × "
-        f"{int(m['parity_new_tokens'])} tokens |",
-        f"| bytes on disk | {m['bytes'] / 1e6:.2f} MB |",
-        f"| batch-1 decode, {LATENCY_NEW_TOKENS} tokens | {m['latency_ms_median']:.1f} ms "
-        f"(PyTorch {m['input_latency_ms_median']:.1f} ms, ×{m['speedup_vs_torch']:.2f} faster) |",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"### export: {target}",
+                "",
+                "| check | value |",
+                "|---|---|",
+                f"| max \\|logit diff\\| vs PyTorch | {m['parity_max_abs_logit_diff']:.2e} (allowed {cfg.parity.atol:g}) |",
+                f"| greedy tokens agree | {m['parity_token_agreement']:.0%} of {int(m['parity_prompts'])} prompts × "
+                f"{int(m['parity_new_tokens'])} tokens |",
+                f"| bytes on disk | {m['bytes'] / 1e6:.2f} MB |",
+                f"| batch-1 decode, {LATENCY_NEW_TOKENS} tokens | {m['latency_ms_median']:.1f} ms "
+                f"(PyTorch {m['input_latency_ms_median']:.1f} ms, ×{m['speedup_vs_torch']:.2f} faster) |",
+            ]
+        )
+        + "\n"
+    )

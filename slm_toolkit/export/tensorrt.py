@@ -10,9 +10,10 @@ CUDA GPU are present (they cannot be installed on the project's CPU machines).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ENGINE_FILE = "model.engine"
 PROFILE_NAMES = ("prefill", "decode")
@@ -57,17 +58,23 @@ def decoder_inputs(model_path: Path, head_dim: int | None = None) -> DecoderInpu
     names = tuple(i.name for i in graph.input)
     past = tuple(n for n in names if n.startswith("past_key_values."))
     if not past or "input_ids" not in names:
-        raise ValueError(f"{model_path} is not a decoder with KV cache (inputs: {list(names)}): "
-                         "export with task text-generation-with-past")
-    dims = [d.dim_value if d.HasField("dim_value") else None
-            for d in next(i for i in graph.input if i.name == past[0]).type.tensor_type.shape.dim]
+        raise ValueError(
+            f"{model_path} is not a decoder with KV cache (inputs: {list(names)}): "
+            "export with task text-generation-with-past"
+        )
+    dims = [
+        d.dim_value if d.HasField("dim_value") else None
+        for d in next(i for i in graph.input if i.name == past[0]).type.tensor_type.shape.dim
+    ]
     hd = dims[3] or head_dim
     if not dims[1] or not hd:
         raise ValueError(f"{model_path}: cannot tell the KV cache's heads/head_dim from the graph; pass head_dim")
     return DecoderInputs(names, past, int(dims[1]), int(hd))
 
 
-def engine_profiles(inputs: DecoderInputs, batch: Sequence[int], seq: Sequence[int]) -> list[dict[str, tuple[Shape, Shape, Shape]]]:
+def engine_profiles(
+    inputs: DecoderInputs, batch: Sequence[int], seq: Sequence[int]
+) -> list[dict[str, tuple[Shape, Shape, Shape]]]:
     """Per profile, {input name: (min, opt, max) shape}. batch/seq are (min, opt, max)."""
     b = tuple(batch)
     s_min, s_opt, s_max = seq
@@ -81,11 +88,17 @@ def engine_profiles(inputs: DecoderInputs, batch: Sequence[int], seq: Sequence[i
     def cache(p: tuple[int, int, int]) -> tuple[Shape, Shape, Shape]:
         return tuple((bb, inputs.kv_heads, pp, inputs.head_dim) for bb, pp in zip(b, p))  # type: ignore[return-value]
 
-    prefill = {"input_ids": tokens((s_min, s_opt, s_max)), "attention_mask": tokens((s_min, s_opt, s_max)),
-               "position_ids": tokens((s_min, s_opt, s_max))}
+    prefill = {
+        "input_ids": tokens((s_min, s_opt, s_max)),
+        "attention_mask": tokens((s_min, s_opt, s_max)),
+        "position_ids": tokens((s_min, s_opt, s_max)),
+    }
     prefill.update({name: cache((0, 0, 0)) for name in inputs.past})
-    decode = {"input_ids": tokens((1, 1, 1)), "attention_mask": tokens((2, p_opt + 1, s_max)),
-              "position_ids": tokens((1, 1, 1))}
+    decode = {
+        "input_ids": tokens((1, 1, 1)),
+        "attention_mask": tokens((2, p_opt + 1, s_max)),
+        "position_ids": tokens((1, 1, 1)),
+    }
     decode.update({name: cache((1, p_opt, s_max - 1)) for name in inputs.past})
     return [{k: v for k, v in prof.items() if k in inputs.names} for prof in (prefill, decode)]
 
@@ -103,9 +116,16 @@ def builder_flags(precision: str) -> list[str]:
     return flags[precision]
 
 
-def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch: Sequence[int], seq: Sequence[int],
-                 head_dim: int | None = None, calibration: Sequence[Sequence[int]] = (),
-                 workspace_gb: float = 8.0) -> Path:
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    precision: str,
+    batch: Sequence[int],
+    seq: Sequence[int],
+    head_dim: int | None = None,
+    calibration: Sequence[Sequence[int]] = (),
+    workspace_gb: float = 8.0,
+) -> Path:
     """Parse the ONNX, add the profiles and flags, build and write the serialized engine."""
     inputs = decoder_inputs(onnx_path, head_dim)
     profiles = engine_profiles(inputs, batch, seq)
@@ -154,15 +174,15 @@ def calibration_feeds(inputs: DecoderInputs, prompt: Sequence[int], length: int)
     pad = length - len(tokens)
     ids = np.asarray([[0] * pad + tokens], dtype=np.int64)
     mask = np.asarray([[0] * pad + [1] * len(tokens)], dtype=np.int64)
-    feeds = {"input_ids": ids, "attention_mask": mask,
-             "position_ids": np.maximum(mask.cumsum(-1) - 1, 0)}
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": np.maximum(mask.cumsum(-1) - 1, 0)}
     empty = np.zeros((1, inputs.kv_heads, 0, inputs.head_dim), dtype=np.float32)
     feeds.update({name: empty for name in inputs.past})
     return {k: v for k, v in feeds.items() if k in inputs.names}
 
 
-def make_calibrator(trt: Any, inputs: DecoderInputs, prompts: Sequence[Sequence[int]], length: int,
-                    cache_file: Path) -> Any:
+def make_calibrator(
+    trt: Any, inputs: DecoderInputs, prompts: Sequence[Sequence[int]], length: int, cache_file: Path
+) -> Any:
     """An IInt8EntropyCalibrator2 over the prompts (TensorRT's API requires subclassing it)."""
     import torch
 

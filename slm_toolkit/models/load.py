@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slm_toolkit.models.errors import ModelNotAvailable
+from slm_toolkit.core.errors import ModelNotAvailable
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -32,8 +32,14 @@ def _torch_dtype(dtype: Any) -> Any:
 
     if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
     return names[dtype]
@@ -60,8 +66,7 @@ def load_model(
     return load_causal_lm(path, device, dtype, trust_remote_code), load_tokenizer(path, trust_remote_code)
 
 
-def load_causal_lm(path: Path | str, device: str = "cpu", dtype: Any = None,
-                   trust_remote_code: bool = False) -> Any:
+def load_causal_lm(path: Path | str, device: str = "cpu", dtype: Any = None, trust_remote_code: bool = False) -> Any:
     """The model of a Hugging Face folder in eval mode on `device`, quantized folders included.
 
     torchao folders are saved with torchao's own safetensors layout (transformers 4.57 would

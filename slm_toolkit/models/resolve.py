@@ -2,7 +2,7 @@
 
 A spec is one of:
 - `builtin:arith-teacher` / `builtin:arith-student`: the demo world's models, trained here on
-  first use and cached (see `slm_toolkit.models.builtin`);
+  first use and cached (see `slm_toolkit.demo.builtin`);
 - a local folder holding `config.json` and safetensors weights;
 - a Hugging Face hub id (`org/name`, optionally `org/name@revision`): taken from the local
   Hugging Face cache, or downloaded when the hub is reachable and offline mode is off.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from slm_toolkit.models.errors import ModelNotAvailable
+from slm_toolkit.core.errors import ModelNotAvailable
 
 BUILTIN_PREFIX = "builtin:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
@@ -36,9 +36,9 @@ def resolve_model(
     """
     spec = spec.strip()
     if spec.startswith(BUILTIN_PREFIX):
-        from slm_toolkit.models.builtin import builtin_model
+        from slm_toolkit.demo.builtin import builtin_model
 
-        return builtin_model(spec[len(BUILTIN_PREFIX):], task=task or {}, seed=seed, progress=progress)
+        return builtin_model(spec[len(BUILTIN_PREFIX) :], task=task or {}, seed=seed, progress=progress)
     path = Path(spec).expanduser()
     if path.exists():
         return _local_folder(path)

@@ -69,7 +69,7 @@ class PruneConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _something_to_prune(self) -> "PruneConfig":
+    def _something_to_prune(self) -> PruneConfig:
         if not (self.heads or self.mlp or self.hidden or self.layers):
             raise ValueError("nothing to prune: set at least one of heads, mlp, hidden, layers")
         return self

@@ -10,7 +10,7 @@ No library does this for HF decoders (torch-pruning prunes width), hence the hoo
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -22,8 +22,7 @@ from slm_toolkit.prune.importance import CalibBatch
 def check_layers(config, layers: int) -> None:
     n = config.num_hidden_layers
     if layers >= n:
-        raise ValueError(f"prune.layers: {layers} would remove all {n} decoder layers of this model "
-                         f"(at most {n - 1})")
+        raise ValueError(f"prune.layers: {layers} would remove all {n} decoder layers of this model (at most {n - 1})")
 
 
 @torch.no_grad()
@@ -40,6 +39,7 @@ def block_distances(model: nn.Module, batches: Sequence[CalibBatch]) -> list[flo
             x_out = output[0] if isinstance(output, tuple) else output
             cos = torch.nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1).clamp(-1, 1)
             sums[i] += float((torch.arccos(cos) / math.pi)[state["mask"]].sum())
+
         return fn
 
     handles = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]

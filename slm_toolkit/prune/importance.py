@@ -22,8 +22,9 @@ the coupled removal (width.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,8 +44,9 @@ class CalibBatch:
     token_mask: torch.Tensor  # [B, T] bool: real, non-template tokens (for activation statistics)
 
 
-def calibration_batches(tokenizer: Any, examples: Sequence[Example], samples: int, batch_size: int,
-                        device: str = "cpu") -> list[CalibBatch]:
+def calibration_batches(
+    tokenizer: Any, examples: Sequence[Example], samples: int, batch_size: int, device: str = "cpu"
+) -> list[CalibBatch]:
     """The first `samples` examples, tokenized with their segment ids, in padded batches."""
     from slm_toolkit.data.segments import tokenize_examples
 
@@ -83,16 +85,18 @@ def weight_scores(model: nn.Module, criterion: str, batches: Sequence[CalibBatch
     raise ValueError(f"importance must be one of {', '.join(CRITERIA)}, not {criterion!r}")
 
 
-def taylor_scores(model: nn.Module, batches: Sequence[CalibBatch],
-                  weights: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+def taylor_scores(
+    model: nn.Module, batches: Sequence[CalibBatch], weights: dict[str, nn.Parameter]
+) -> dict[str, torch.Tensor]:
     """Σ over calibration batches of |w · ∂L/∂w| (per batch, so opposite-sign gradients don't cancel)."""
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in weights.items()}
     was_training = model.training
     model.eval()
     for batch in tqdm(batches, desc="prune: taylor importance", unit="batch", leave=False):
         model.zero_grad(set_to_none=True)
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels,
-                    use_cache=False)
+        out = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels, use_cache=False
+        )
         out.loss.backward()
         for n, p in weights.items():
             if p.grad is not None:
@@ -116,6 +120,7 @@ def input_norms(model: nn.Module, batches: Sequence[CalibBatch]) -> dict[str, to
                 return
             sq = (x * mask[..., None]).pow(2).sum(dim=tuple(range(x.dim() - 1)))
             sums[name] = sums.get(name, 0) + sq
+
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Linear)]

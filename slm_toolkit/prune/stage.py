@@ -1,15 +1,15 @@
 """The `prune` stage: one-shot structured pruning of a Hugging Face decoder, checked and measured.
 
-    setup    load the input model; check the ratios against it (impossible ones are errors that
-             name the field); tokenize calibration batches from the recipe's training examples
-    prune    depth first (drop the `layers` blocks that change their input least), then width
-             (KV-head groups, MLP channels, hidden width) by the chosen importance criterion
-    save     a plain Hugging Face folder in the workdir: rewritten config, safetensors, tokenizer
-    gate     reload it with AutoModelForCausalLM.from_pretrained and compare logits with the
-             in-memory pruned model; export it to ONNX and check greedy agreement with PyTorch.
-             Either failing fails the stage (PruneGateError)
-    measure  parameters and bytes before/after, exact-match accuracy before/after (healing is the
-             following distill stage), batch-1 decode latency of pruned vs unpruned, interleaved
+setup    load the input model; check the ratios against it (impossible ones are errors that
+         name the field); tokenize calibration batches from the recipe's training examples
+prune    depth first (drop the `layers` blocks that change their input least), then width
+         (KV-head groups, MLP channels, hidden width) by the chosen importance criterion
+save     a plain Hugging Face folder in the workdir: rewritten config, safetensors, tokenizer
+gate     reload it with AutoModelForCausalLM.from_pretrained and compare logits with the
+         in-memory pruned model; export it to ONNX and check greedy agreement with PyTorch.
+         Either failing fails the stage (PruneGateError)
+measure  parameters and bytes before/after, exact-match accuracy before/after (healing is the
+         following distill stage), batch-1 decode latency of pruned vs unpruned, interleaved
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class PruneGateError(RuntimeError):
 
 
 def run(cfg: PruneConfig, inp: StageInput) -> StageOutput:
-    from slm_toolkit.artifacts import write_meta
-    from slm_toolkit.evaluate.metrics import bytes_on_disk, count_parameters
+    from slm_toolkit.core.artifacts import write_meta
+    from slm_toolkit.measures.metrics import bytes_on_disk, count_parameters
     from slm_toolkit.models.load import load_model
     from slm_toolkit.prune.importance import calibration_batches
 
@@ -47,8 +47,13 @@ def run(cfg: PruneConfig, inp: StageInput) -> StageOutput:
     src, dst = Path(inp.artifact), Path(inp.workdir)
     model, tokenizer = load_model(src, device=inp.device)
     plan = check_against_model(cfg, model.config)
-    batches = calibration_batches(tokenizer, inp.data.train or inp.data.eval, cfg.calibration.samples,
-                                  cfg.calibration.batch_size, device=inp.device)
+    batches = calibration_batches(
+        tokenizer,
+        inp.data.train or inp.data.eval,
+        cfg.calibration.samples,
+        cfg.calibration.batch_size,
+        device=inp.device,
+    )
     check_finite(model, batches[0], f"the input model {src}")
     params_before = count_parameters(model)
 
@@ -68,20 +73,38 @@ def run(cfg: PruneConfig, inp: StageInput) -> StageOutput:
 
     # measure
     t2 = time.perf_counter()
-    metrics = {"input_params": float(params_before), "params": float(count_parameters(reloaded)),
-               "input_bytes": float(bytes_on_disk(src)), "bytes": float(bytes_on_disk(dst)),
-               "layers_removed": float(len(dropped)), "kv_heads_removed": float(plan.kv_heads_removed),
-               **{k: float(v) for k, v in shape.items()}, "reload_max_abs_logit_diff": reload_diff, **onnx}
+    metrics = {
+        "input_params": float(params_before),
+        "params": float(count_parameters(reloaded)),
+        "input_bytes": float(bytes_on_disk(src)),
+        "bytes": float(bytes_on_disk(dst)),
+        "layers_removed": float(len(dropped)),
+        "kv_heads_removed": float(plan.kv_heads_removed),
+        **{k: float(v) for k, v in shape.items()},
+        "reload_max_abs_logit_diff": reload_diff,
+        **onnx,
+    }
     metrics.update(quality_and_speed(src, reloaded, tokenizer, list(inp.data.eval), inp.device))
     metrics["params_ratio"] = metrics["params"] / metrics["input_params"]
     metrics["bytes_ratio"] = metrics["bytes"] / metrics["input_bytes"] if metrics["input_bytes"] else 0.0
     measure_s = time.perf_counter() - t2
 
-    write_meta(dst, kind="hf", stage="prune", parent=str(src), config=cfg.model_dump(),
-               dropped_layers=dropped, shape=shape, metrics=metrics)
-    return StageOutput(artifact=dst, metrics=metrics,
-                       timings={"prune_s": prune_s, "gate_s": gate_s, "measure_s": measure_s},
-                       extra={"report_md": report_md(cfg, metrics, dropped)})
+    write_meta(
+        dst,
+        kind="hf",
+        stage="prune",
+        parent=str(src),
+        config=cfg.model_dump(),
+        dropped_layers=dropped,
+        shape=shape,
+        metrics=metrics,
+    )
+    return StageOutput(
+        artifact=dst,
+        metrics=metrics,
+        timings={"prune_s": prune_s, "gate_s": gate_s, "measure_s": measure_s},
+        extra={"report_md": report_md(cfg, metrics, dropped)},
+    )
 
 
 def check_against_model(cfg: PruneConfig, config: Any):
@@ -90,8 +113,10 @@ def check_against_model(cfg: PruneConfig, config: Any):
     from slm_toolkit.prune.width import plan_width
 
     if not all(hasattr(config, k) for k in ("num_attention_heads", "intermediate_size", "num_hidden_layers")):
-        raise ValueError(f"prune supports Llama-style decoders (q/k/v/o + gate/up/down projections); "
-                         f"{type(config).__name__} lacks their config fields")
+        raise ValueError(
+            f"prune supports Llama-style decoders (q/k/v/o + gate/up/down projections); "
+            f"{type(config).__name__} lacks their config fields"
+        )
     check_layers(config, cfg.layers)
     return plan_width(config, cfg.heads, cfg.mlp, cfg.hidden, cfg.round_to)
 
@@ -107,8 +132,13 @@ def prune_model(model: Any, cfg: PruneConfig, plan: Any, batches: list) -> tuple
         dropped = least_important(block_distances(model, batches), cfg.layers)
         drop_layers(model, dropped)
     c = model.config
-    shape = {"num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,
-             "head_dim": head_dim_of(c), "intermediate_size": c.intermediate_size, "hidden_size": c.hidden_size}
+    shape = {
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": head_dim_of(c),
+        "intermediate_size": c.intermediate_size,
+        "hidden_size": c.hidden_size,
+    }
     if plan.active:
         scores = weight_scores(model, cfg.importance, batches)
         shape = prune_width(model, plan, scores, cfg.importance, batches[0].input_ids[:1])
@@ -121,8 +151,10 @@ def check_finite(model: Any, batch: Any, what: str) -> None:
     with torch.inference_mode():
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     if not torch.isfinite(logits).all():
-        raise PruneGateError(f"prune: {what} gives non-finite logits (NaN/inf) on the calibration data; "
-                             "its weights are broken (check the stage that produced it)")
+        raise PruneGateError(
+            f"prune: {what} gives non-finite logits (NaN/inf) on the calibration data; "
+            "its weights are broken (check the stage that produced it)"
+        )
 
 
 def reload_gate(model: Any, folder: Path, batch: Any) -> tuple[Any, float]:
@@ -139,9 +171,11 @@ def reload_gate(model: Any, folder: Path, batch: Any) -> tuple[Any, float]:
         raise PruneGateError("prune gate: the pruned model gives non-finite logits (NaN/inf)")
     diff = float((a.float() - b.float()).abs().max()) if a.shape == b.shape else float("inf")
     if not diff <= RELOAD_ATOL:  # NaN fails too
-        raise PruneGateError(f"prune gate: the saved model reloaded by AutoModelForCausalLM gives logits up to {diff:.3g} "
-                             f"away from the pruned model in memory (allowed {RELOAD_ATOL:g}); the config "
-                             "rewritten in config.json does not describe the pruned weights")
+        raise PruneGateError(
+            f"prune gate: the saved model reloaded by AutoModelForCausalLM gives logits up to {diff:.3g} "
+            f"away from the pruned model in memory (allowed {RELOAD_ATOL:g}); the config "
+            "rewritten in config.json does not describe the pruned weights"
+        )
     return reloaded, diff
 
 
@@ -162,18 +196,22 @@ def onnx_gate(reloaded: Any, folder: Path, tokenizer: Any, examples: list) -> di
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if metrics["parity_token_agreement"] < 1.0 or not metrics["parity_max_abs_logit_diff"] < float("inf"):
-        raise PruneGateError(f"prune gate: the ONNX export of the pruned model agrees with PyTorch's greedy tokens on "
-                             f"only {metrics['parity_token_agreement']:.0%} of {len(prompts)} prompts "
-                             f"(max |logit diff| {metrics['parity_max_abs_logit_diff']:.3g})")
-    return {"onnx_token_agreement": metrics["parity_token_agreement"],
-            "onnx_max_abs_logit_diff": metrics["parity_max_abs_logit_diff"]}
+        raise PruneGateError(
+            f"prune gate: the ONNX export of the pruned model agrees with PyTorch's greedy tokens on "
+            f"only {metrics['parity_token_agreement']:.0%} of {len(prompts)} prompts "
+            f"(max |logit diff| {metrics['parity_max_abs_logit_diff']:.3g})"
+        )
+    return {
+        "onnx_token_agreement": metrics["parity_token_agreement"],
+        "onnx_max_abs_logit_diff": metrics["parity_max_abs_logit_diff"],
+    }
 
 
 def quality_and_speed(src: Path, pruned: Any, tokenizer: Any, examples: list, device: str) -> dict[str, float]:
     """Exact-match accuracy of the input and the pruned model on the eval examples, and batch-1
     decode latency of both, measured interleaved (A, B, A, B, ...) so load drifts hit both alike."""
     from slm_toolkit.data.segments import prompt_ids
-    from slm_toolkit.evaluate.metrics import exact_match, generation_budget
+    from slm_toolkit.measures.metrics import exact_match, generation_budget
     from slm_toolkit.runtime.torch import TorchGenerator
 
     if not examples:
@@ -184,40 +222,58 @@ def quality_and_speed(src: Path, pruned: Any, tokenizer: Any, examples: list, de
     q1 = exact_match(after, tokenizer, examples, budget)
     prompt = prompt_ids(tokenizer, examples[0].prompt)
     t0, t1 = interleaved_latency(before, after, prompt)
-    return {"input_accuracy": q0["accuracy"], "accuracy": q1["accuracy"], "answer_rate": q1["answer_rate"],
-            "retention": q1["accuracy"] / q0["accuracy"] if q0["accuracy"] else 0.0,
-            "input_latency_ms_median": t0, "latency_ms_median": t1, "speedup": t0 / t1 if t1 else 0.0}
+    return {
+        "input_accuracy": q0["accuracy"],
+        "accuracy": q1["accuracy"],
+        "answer_rate": q1["answer_rate"],
+        "retention": q1["accuracy"] / q0["accuracy"] if q0["accuracy"] else 0.0,
+        "input_latency_ms_median": t0,
+        "latency_ms_median": t1,
+        "speedup": t0 / t1 if t1 else 0.0,
+    }
 
 
-def interleaved_latency(a: Any, b: Any, prompt: list[int], rounds: int = LATENCY_ROUNDS,
-                        new_tokens: int = LATENCY_NEW_TOKENS) -> tuple[float, float]:
+def interleaved_latency(
+    a: Any, b: Any, prompt: list[int], rounds: int = LATENCY_ROUNDS, new_tokens: int = LATENCY_NEW_TOKENS
+) -> tuple[float, float]:
     """Median batch-1 decode latency (ms) of generators a and b, alternating one run each per round."""
-    from slm_toolkit.evaluate.metrics import decode_latency
+    from slm_toolkit.measures.metrics import decode_latency
 
     times: tuple[list[float], list[float]] = ([], [])
     for r in range(rounds):
         for gen, out in ((a, times[0]), (b, times[1])):
-            out.append(decode_latency(gen, prompt, new_tokens, repeats=1, warmup=1 if r == 0 else 0)["latency_ms_median"])
+            out.append(
+                decode_latency(gen, prompt, new_tokens, repeats=1, warmup=1 if r == 0 else 0)["latency_ms_median"]
+            )
     return statistics.median(times[0]), statistics.median(times[1])
 
 
 def report_md(cfg: PruneConfig, m: dict[str, float], dropped: list[int]) -> str:
-    what = [f"heads {cfg.heads:g}" if cfg.heads else "", f"mlp {cfg.mlp:g}" if cfg.mlp else "",
-            f"hidden {cfg.hidden:g}" if cfg.hidden else "", f"layers {cfg.layers} (dropped {dropped})" if cfg.layers else ""]
-    return "\n".join([
-        f"### prune: {', '.join(w for w in what if w)}; importance {cfg.importance}",
-        "",
-        "| | input | pruned | change |",
-        "|---|---|---|---|",
-        f"| parameters | {m['input_params'] / 1e6:.3f} M | {m['params'] / 1e6:.3f} M | ×{m['params_ratio']:.2f} |",
-        f"| bytes on disk | {m['input_bytes'] / 1e6:.2f} MB | {m['bytes'] / 1e6:.2f} MB | ×{m['bytes_ratio']:.2f} |",
-        f"| accuracy (before healing) | {m['input_accuracy']:.3f} | {m['accuracy']:.3f} | retention {m['retention']:.2f} |",
-        f"| batch-1 decode, {LATENCY_NEW_TOKENS} tokens | {m['input_latency_ms_median']:.1f} ms | "
-        f"{m['latency_ms_median']:.1f} ms | ×{m['speedup']:.2f} faster |",
-        "",
-        f"Shape: {int(m['num_hidden_layers'])} layers, {int(m['num_attention_heads'])} heads / "
-        f"{int(m['num_key_value_heads'])} KV heads × {int(m['head_dim'])}, MLP {int(m['intermediate_size'])}, "
-        f"hidden {int(m['hidden_size'])}. Gates: reload max |logit diff| {m['reload_max_abs_logit_diff']:.1e}; "
-        f"ONNX greedy agreement {m['onnx_token_agreement']:.0%}. Accuracy after healing comes from the next "
-        "distill + evaluate stages.",
-    ]) + "\n"
+    what = [
+        f"heads {cfg.heads:g}" if cfg.heads else "",
+        f"mlp {cfg.mlp:g}" if cfg.mlp else "",
+        f"hidden {cfg.hidden:g}" if cfg.hidden else "",
+        f"layers {cfg.layers} (dropped {dropped})" if cfg.layers else "",
+    ]
+    return (
+        "\n".join(
+            [
+                f"### prune: {', '.join(w for w in what if w)}; importance {cfg.importance}",
+                "",
+                "| | input | pruned | change |",
+                "|---|---|---|---|",
+                f"| parameters | {m['input_params'] / 1e6:.3f} M | {m['params'] / 1e6:.3f} M | ×{m['params_ratio']:.2f} |",
+                f"| bytes on disk | {m['input_bytes'] / 1e6:.2f} MB | {m['bytes'] / 1e6:.2f} MB | ×{m['bytes_ratio']:.2f} |",
+                f"| accuracy (before healing) | {m['input_accuracy']:.3f} | {m['accuracy']:.3f} | retention {m['retention']:.2f} |",
+                f"| batch-1 decode, {LATENCY_NEW_TOKENS} tokens | {m['input_latency_ms_median']:.1f} ms | "
+                f"{m['latency_ms_median']:.1f} ms | ×{m['speedup']:.2f} faster |",
+                "",
+                f"Shape: {int(m['num_hidden_layers'])} layers, {int(m['num_attention_heads'])} heads / "
+                f"{int(m['num_key_value_heads'])} KV heads × {int(m['head_dim'])}, MLP {int(m['intermediate_size'])}, "
+                f"hidden {int(m['hidden_size'])}. Gates: reload max |logit diff| {m['reload_max_abs_logit_diff']:.1e}; "
+                f"ONNX greedy agreement {m['onnx_token_agreement']:.0%}. Accuracy after healing comes from the next "
+                "distill + evaluate stages.",
+            ]
+        )
+        + "\n"
+    )

@@ -50,10 +50,15 @@ def plan_width(config, heads: float, mlp: float, hidden: float, round_to: int) -
     if heads:
         kv_removed = max(1, math.floor(heads * n_kv + 0.5))
         if kv_removed >= n_kv:
-            raise ValueError(f"prune.heads: {heads} would remove all {n_kv} KV heads of this model "
-                             f"(at most {(n_kv - 1) / n_kv:.3f} keeps one)")
-    return WidthPlan(kv_removed, _keep("mlp", "intermediate_size", config.intermediate_size, mlp, round_to),
-                     _keep("hidden", "hidden_size", config.hidden_size, hidden, round_to))
+            raise ValueError(
+                f"prune.heads: {heads} would remove all {n_kv} KV heads of this model "
+                f"(at most {(n_kv - 1) / n_kv:.3f} keeps one)"
+            )
+    return WidthPlan(
+        kv_removed,
+        _keep("mlp", "intermediate_size", config.intermediate_size, mlp, round_to),
+        _keep("hidden", "hidden_size", config.hidden_size, hidden, round_to),
+    )
 
 
 def _keep(field: str, dim: str, n: int, ratio: float, round_to: int) -> int | None:
@@ -61,8 +66,9 @@ def _keep(field: str, dim: str, n: int, ratio: float, round_to: int) -> int | No
         return None
     keep = int(n * (1 - ratio)) // round_to * round_to  # rounded down, as torch-pruning does: removes >= ratio
     if keep < round_to:
-        raise ValueError(f"prune.{field}: {ratio} leaves fewer than round_to={round_to} of the model's "
-                         f"{dim}={n} channels")
+        raise ValueError(
+            f"prune.{field}: {ratio} leaves fewer than round_to={round_to} of the model's {dim}={n} channels"
+        )
     return keep
 
 
@@ -96,8 +102,9 @@ def lowest(score: torch.Tensor, n: int) -> list[int]:
 
 
 # -- removal ----------------------------------------------------------------------------------
-def prune_width(model: nn.Module, plan: WidthPlan, scores: dict[str, torch.Tensor], criterion: str,
-                example_ids: torch.Tensor) -> dict[str, int]:
+def prune_width(
+    model: nn.Module, plan: WidthPlan, scores: dict[str, torch.Tensor], criterion: str, example_ids: torch.Tensor
+) -> dict[str, int]:
     """Prune `model` in place per `plan`; rewrite its config; return the new sizes."""
     import torch_pruning as tp
 
@@ -109,8 +116,9 @@ def prune_width(model: nn.Module, plan: WidthPlan, scores: dict[str, torch.Tenso
     graph = None
     if plan.intermediate_keep or plan.hidden_keep:
         norms = [(p, 0) for n, p in model.named_parameters() if p.dim() == 1 and "norm" in n]
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_ids,
-                                                      unwrapped_parameters=list(norms))
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_ids, unwrapped_parameters=list(norms)
+        )
     group = n_heads // n_kv
     for i, layer in enumerate(layers):
         prefix = f"model.layers.{i}"
@@ -151,8 +159,16 @@ def rewrite_config(model: nn.Module, n_kv: int, q_per_kv: int, head_dim: int) ->
     config.use_cache = True
     for layer in model.model.layers:  # every layer must agree with the config
         a = layer.self_attn
-        if a.q_proj.out_features != config.num_attention_heads * head_dim or \
-                a.k_proj.out_features != n_kv * head_dim or layer.mlp.down_proj.in_features != config.intermediate_size:
+        if (
+            a.q_proj.out_features != config.num_attention_heads * head_dim
+            or a.k_proj.out_features != n_kv * head_dim
+            or layer.mlp.down_proj.in_features != config.intermediate_size
+        ):
             raise RuntimeError("width pruning left layers of different shapes; this is a bug in prune/width.py")
-    return {"num_attention_heads": config.num_attention_heads, "num_key_value_heads": n_kv,
-            "head_dim": head_dim, "intermediate_size": config.intermediate_size, "hidden_size": config.hidden_size}
+    return {
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": n_kv,
+        "head_dim": head_dim,
+        "intermediate_size": config.intermediate_size,
+        "hidden_size": config.hidden_size,
+    }

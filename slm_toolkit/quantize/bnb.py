@@ -54,9 +54,7 @@ def linear_shapes(src: Path) -> dict[str, tuple[int, int]]:
 def check_nf4_cpu_dims(shapes: dict[str, tuple[int, int]]) -> None:
     """Raise a ValueError naming the layers whose shapes the CPU NF4 kernels cannot take."""
     bad = [
-        f"{name} ({i}->{o})"
-        for name, (i, o) in shapes.items()
-        if o % NF4_CPU_OUT_MULTIPLE or i % NF4_CPU_IN_MULTIPLE
+        f"{name} ({i}->{o})" for name, (i, o) in shapes.items() if o % NF4_CPU_OUT_MULTIPLE or i % NF4_CPU_IN_MULTIPLE
     ]
     if bad:
         raise ValueError(

@@ -101,8 +101,7 @@ def output_kind(cfg: QuantizeConfig, input_kind: str) -> str:
     if cfg.scheme.startswith("ort_"):
         if input_kind != "onnx":
             raise ValueError(
-                f"{cfg.scheme} applies to an exported ONNX artifact: "
-                "put `export: {format: onnx}` before it"
+                f"{cfg.scheme} applies to an exported ONNX artifact: put `export: {{format: onnx}}` before it"
             )
         return "onnx"
     if input_kind != "hf":

@@ -14,8 +14,9 @@ and static QDQ then loses all accuracy (measured: 0.98 -> 0.00 on the demo teach
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 ORT_SCHEMES = ("ort_int8_dynamic", "ort_int8_static", "ort_int4")
 MODEL_FILE = "model.onnx"
@@ -36,7 +37,9 @@ def quantize_onnx(
     """Quantize `src/model.onnx` into `dst/model.onnx`; return the written file."""
     model_in, model_out = Path(src) / MODEL_FILE, Path(dst) / MODEL_FILE
     if not model_in.is_file():
-        raise FileNotFoundError(f"{src} has no {MODEL_FILE}: {scheme} needs an ONNX export (`export: {{format: onnx}}`)")
+        raise FileNotFoundError(
+            f"{src} has no {MODEL_FILE}: {scheme} needs an ONNX export (`export: {{format: onnx}}`)"
+        )
     model_out.parent.mkdir(parents=True, exist_ok=True)
     external = _needs_external_data(Path(src))
     if scheme == "ort_int8_dynamic":
@@ -61,8 +64,12 @@ def _dynamic(model_in: Path, model_out: Path, external: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
-        str(model_in), str(model_out), nodes_to_quantize=weight_matmuls(model_in), per_channel=False,
-        weight_type=QuantType.QInt8, use_external_data_format=external,
+        str(model_in),
+        str(model_out),
+        nodes_to_quantize=weight_matmuls(model_in),
+        per_channel=False,
+        weight_type=QuantType.QInt8,
+        use_external_data_format=external,
     )
 
 
@@ -70,12 +77,18 @@ def _static(model_in: Path, model_out: Path, prompts: Sequence[Sequence[int]], e
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quantize_static(
-        str(model_in), str(model_out), DecoderCalibrationReader(model_in, prompts),
-        quant_format=QuantFormat.QDQ, nodes_to_quantize=weight_matmuls(model_in), per_channel=True,
+        str(model_in),
+        str(model_out),
+        DecoderCalibrationReader(model_in, prompts),
+        quant_format=QuantFormat.QDQ,
+        nodes_to_quantize=weight_matmuls(model_in),
+        per_channel=True,
         # U8S8 (uint8 activations with a zero point, int8 symmetric per-channel weights): the
         # combination ORT's x86 kernels are fastest at; int8 activations measured ~2x slower here
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        use_external_data_format=external,
         extra_options={"WeightSymmetric": True},
     )
 
@@ -97,7 +110,10 @@ def _int4(model_in: Path, model_out: Path, block_size: int, external: bool) -> N
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     quantizer = MatMulNBitsQuantizer(
-        onnx.load(str(model_in)), bits=4, block_size=block_size, is_symmetric=True,
+        onnx.load(str(model_in)),
+        bits=4,
+        block_size=block_size,
+        is_symmetric=True,
         accuracy_level=INT4_ACCURACY_LEVEL,
     )
     quantizer.process()

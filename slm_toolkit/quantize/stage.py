@@ -32,7 +32,7 @@ _NOT_COPIED_NAMES = {"model.safetensors.index.json", "slm_meta.json", "metrics.j
 
 
 def run(cfg: QuantizeConfig, inp: StageInput) -> StageOutput:
-    from slm_toolkit.artifacts import artifact_kind, write_meta
+    from slm_toolkit.core.artifacts import artifact_kind, write_meta
     from slm_toolkit.data.segments import prompt_ids
     from slm_toolkit.models.load import load_tokenizer
 
@@ -66,8 +66,15 @@ def run(cfg: QuantizeConfig, inp: StageInput) -> StageOutput:
     # On disk a torchao/bnb result is still a Hugging Face folder ("hf"); "hf-quantized" is the
     # recipe-level kind that stops export/distill/prune after it (registry.HF_QUANTIZED).
     disk_kind = "hf" if out_kind == "hf-quantized" else out_kind
-    write_meta(dst, kind=disk_kind, stage="quantize", parent=str(src), scheme=cfg.scheme,
-               config=cfg.model_dump(), metrics=metrics)
+    write_meta(
+        dst,
+        kind=disk_kind,
+        stage="quantize",
+        parent=str(src),
+        scheme=cfg.scheme,
+        config=cfg.model_dump(),
+        metrics=metrics,
+    )
     return StageOutput(
         artifact=dst,
         metrics=metrics,
@@ -76,8 +83,9 @@ def run(cfg: QuantizeConfig, inp: StageInput) -> StageOutput:
     )
 
 
-def quantize_artifact(scheme: str, src: Path, dst: Path, device: str, block_size: int,
-                      calibration: list[list[int]]) -> None:
+def quantize_artifact(
+    scheme: str, src: Path, dst: Path, device: str, block_size: int, calibration: list[list[int]]
+) -> None:
     """Dispatch one scheme to its backend; each writes its model files into `dst`."""
     if scheme in ("int8_weight_only", "int8_dynamic"):
         from slm_toolkit.quantize.torchao_backend import quantize_torchao
@@ -143,7 +151,7 @@ def interleaved_latency(generators: dict[str, Any], prompt: list[int]) -> dict[s
     warm-up of each), so that load from elsewhere on the machine hits input and output alike."""
     import statistics
 
-    from slm_toolkit.evaluate.metrics import decode_latency
+    from slm_toolkit.measures.metrics import decode_latency
 
     for gen in generators.values():
         decode_latency(gen, prompt, LATENCY_NEW_TOKENS, repeats=1, warmup=1)
@@ -156,15 +164,19 @@ def interleaved_latency(generators: dict[str, Any], prompt: list[int]) -> dict[s
         times = [r["latency_ms_median"] for r in results]
         q = statistics.quantiles(times, n=4, method="inclusive")
         median = statistics.median(times)
-        out[name] = {"latency_ms_median": median, "latency_ms_spread": q[2] - q[0],
-                     "tok_s": results[0]["new_tokens"] / (median / 1000.0)}
+        out[name] = {
+            "latency_ms_median": median,
+            "latency_ms_spread": q[2] - q[0],
+            "tok_s": results[0]["new_tokens"] / (median / 1000.0),
+        }
     return out
 
 
-def measure(generator: Any, tokenizer: Any, examples: list[Any], folder: Path,
-            speed: dict[str, float]) -> dict[str, float]:
+def measure(
+    generator: Any, tokenizer: Any, examples: list[Any], folder: Path, speed: dict[str, float]
+) -> dict[str, float]:
     """Bytes on disk and exact-match accuracy of one artifact, with its measured latency."""
-    from slm_toolkit.evaluate.metrics import bytes_on_disk, exact_match, generation_budget
+    from slm_toolkit.measures.metrics import bytes_on_disk, exact_match, generation_budget
 
     quality = exact_match(generator, tokenizer, examples, generation_budget(tokenizer, examples))
     return {
@@ -201,6 +213,9 @@ def report_md(scheme: str, m: dict[str, float]) -> str:
         f"| {m['latency_ms_median']:.1f} ms | ×{m['latency_ratio']:.2f} |",
     ]
     if m["slower_than_input"]:
-        lines += ["", f"**Warning:** the {scheme} artifact decodes slower than its input "
-                      f"(×{m['latency_ratio']:.2f} batch-1 latency): it saves bytes, not time, on this hardware."]
+        lines += [
+            "",
+            f"**Warning:** the {scheme} artifact decodes slower than its input "
+            f"(×{m['latency_ratio']:.2f} batch-1 latency): it saves bytes, not time, on this hardware.",
+        ]
     return "\n".join(lines) + "\n"

@@ -8,7 +8,8 @@ float32 numpy arrays [B, V] on every backend. Written by hand because the librar
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,12 +86,15 @@ def generate(gen: Any, input_ids: Sequence[Sequence[int]], config: GenerationCon
     return out
 
 
-def candidate_logprobs(first_logits: np.ndarray, logits: np.ndarray, candidates: Sequence[Sequence[int]]) -> list[float]:
+def candidate_logprobs(
+    first_logits: np.ndarray, logits: np.ndarray, candidates: Sequence[Sequence[int]]
+) -> list[float]:
     """Sum of log-probabilities of each candidate.
 
     `first_logits` [V]: the prompt's last-position logits (predicts every candidate's first token);
     `logits` [C, L, V]: the logits after feeding each candidate (right-padded to L tokens).
     """
+
     def log_softmax(x: np.ndarray) -> np.ndarray:
         x = x.astype(np.float64)
         m = x.max(axis=-1, keepdims=True)

@@ -10,21 +10,18 @@ Backends are imported only when chosen, so asking for one never imports the othe
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Any
+
+from slm_toolkit.core.errors import BackendUnavailable
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 _BACKEND_FOR_KIND = {"hf": "torch", "onnx": "onnxruntime", "tensorrt": "tensorrt"}
 
 
-class BackendUnavailable(Exception):
-    """The requested backend cannot run this artifact here; the message says why and what to do."""
-
-
 def detect_kind(folder: Path) -> str:
     """The artifact kind ("hf", "onnx" or "tensorrt"): slm_meta.json, else the files (artifacts.py)."""
-    from slm_toolkit.artifacts import artifact_kind
+    from slm_toolkit.core.artifacts import artifact_kind
 
     try:
         return artifact_kind(folder)
@@ -49,8 +46,13 @@ def _check_backend(kind: str, backend: str, folder: Path) -> None:
     )
 
 
-def load_generator(artifact: Path, backend: str = "auto", device: str = "cpu", threads: int | None = None,
-                   trust_remote_code: bool = False) -> Any:
+def load_generator(
+    artifact: Path,
+    backend: str = "auto",
+    device: str = "cpu",
+    threads: int | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
     """Open `artifact` as a Generator (runtime/base.py). `threads` sets CPU intra-op threads
     (default: $SLM_THREADS, which `slm run` sets from the recipe's `threads`, else one per core)."""
     if threads is None and os.environ.get("SLM_THREADS", "").isdigit():

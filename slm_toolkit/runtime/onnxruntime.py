@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,16 @@ from slm_toolkit.runtime.base import GenerationConfig
 from slm_toolkit.runtime.decoding import candidate_logprobs, generate, stop_id_set
 
 LOGITS_START = "slm_logits_start"
-_MATMULS = {"MatMul", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "Gemm", "MatMulIntegerToFloat",
-            "FusedMatMul", "QLinearMatMul"}
+_MATMULS = {
+    "MatMul",
+    "MatMulNBits",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "Gemm",
+    "MatMulIntegerToFloat",
+    "FusedMatMul",
+    "QLinearMatMul",
+}
 _QUANT = {"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear"}
 
 
@@ -93,8 +102,12 @@ def last_positions_graph(model_path: Path) -> bytes | None:
         for k, x in enumerate(node.input):
             if x == hidden:
                 node.input[k] = sliced
-    g.initializer.extend([numpy_helper.from_array(np.array([np.iinfo(np.int64).max]), "slm_end"),
-                          numpy_helper.from_array(np.array([1], dtype=np.int64), "slm_axis")])
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([np.iinfo(np.int64).max]), "slm_end"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "slm_axis"),
+        ]
+    )
     g.node.append(helper.make_node("Slice", [hidden, LOGITS_START, "slm_end", "slm_axis"], [sliced]))
     g.input.append(helper.make_tensor_value_info(LOGITS_START, TensorProto.INT64, [1]))
     for out in g.output:
@@ -140,21 +153,30 @@ class OrtGenerator:
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
         if not self.past_names or "input_ids" not in inputs:
-            raise ValueError(f"the ONNX model's inputs {sorted(inputs)} are not a decoder with KV cache: "
-                             "export it with task text-generation-with-past (`export: {format: onnx}`)")
+            raise ValueError(
+                f"the ONNX model's inputs {sorted(inputs)} are not a decoder with KV cache: "
+                "export it with task text-generation-with-past (`export: {format: onnx}`)"
+            )
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         self.has_positions = "position_ids" in inputs
         first = inputs[self.past_names[0]]
-        self.kv_heads = first.shape[1] if isinstance(first.shape[1], int) else int(
-            config.get("num_key_value_heads") or config["num_attention_heads"])
-        self.head_dim = first.shape[3] if isinstance(first.shape[3], int) else int(
-            config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+        self.kv_heads = (
+            first.shape[1]
+            if isinstance(first.shape[1], int)
+            else int(config.get("num_key_value_heads") or config["num_attention_heads"])
+        )
+        self.head_dim = (
+            first.shape[3]
+            if isinstance(first.shape[3], int)
+            else int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+        )
         self.cache_dtype = np.float16 if "float16" in first.type else np.float32
         self.device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
 
     @classmethod
-    def from_folder(cls, folder: Path, device: str = "cpu", threads: int | None = None,
-                    model_file: str = "model.onnx") -> "OrtGenerator":
+    def from_folder(
+        cls, folder: Path, device: str = "cpu", threads: int | None = None, model_file: str = "model.onnx"
+    ) -> OrtGenerator:
         import onnxruntime as ort
 
         folder = Path(folder)
@@ -162,8 +184,12 @@ class OrtGenerator:
         graph = last_positions_graph(folder / model_file)
         source = graph if graph is not None else str(folder / model_file)
         session = ort.InferenceSession(source, session_options(threads), providers=providers)
-        return cls(session, _read_json(folder / "config.json"), _read_json(folder / "generation_config.json"),
-                   sliced=graph is not None)
+        return cls(
+            session,
+            _read_json(folder / "config.json"),
+            _read_json(folder / "generation_config.json"),
+            sliced=graph is not None,
+        )
 
     # -- one forward pass ------------------------------------------------------------------
     def _run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list[Any], keep: int):
@@ -212,8 +238,10 @@ class OrtGenerator:
         width = max(s.mask.shape[1] for s in states)
         pads = [width - s.mask.shape[1] for s in states]
         mask = np.concatenate([np.pad(s.mask, ((0, 0), (p, 0))) for s, p in zip(states, pads)])
-        past = [np.concatenate([_lpad(_np(s.past[i]), p) for s, p in zip(states, pads)])
-                for i in range(len(self.past_names))]
+        past = [
+            np.concatenate([_lpad(_np(s.past[i]), p) for s, p in zip(states, pads)])
+            for i in range(len(self.past_names))
+        ]
         return OrtState(past, mask, np.concatenate([s.positions for s in states]))
 
     def select(self, state: OrtState, keep: Sequence[int]) -> OrtState:
@@ -245,18 +273,21 @@ class OrtGenerator:
 def _providers(device: str) -> list[str]:
     import onnxruntime as ort
 
-    from slm_toolkit.runtime.loader import BackendUnavailable
+    from slm_toolkit.core.errors import BackendUnavailable
 
     if not device.startswith("cuda"):
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise BackendUnavailable(
             "device 'cuda' needs onnxruntime-gpu with CUDAExecutionProvider; this onnxruntime has "
-            f"{ort.get_available_providers()}: pip install onnxruntime-gpu, or use device='cpu'")
+            f"{ort.get_available_providers()}: pip install onnxruntime-gpu, or use device='cpu'"
+        )
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def load_onnx_generator(folder: Path, device: str = "cpu", threads: int | None = None, fused: bool | None = None) -> Any:
+def load_onnx_generator(
+    folder: Path, device: str = "cpu", threads: int | None = None, fused: bool | None = None
+) -> Any:
     """The fastest generator for an ONNX folder: the GroupQueryAttention rewrite (ort_fused.py)
     on CPU when the model allows it (fused=None: when possible), else OrtGenerator."""
     import onnxruntime as ort
@@ -298,6 +329,6 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, n
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = r
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
     return ids, mask

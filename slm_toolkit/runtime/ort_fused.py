@@ -17,9 +17,10 @@ models are rewritten (`fusable`); anything else uses onnxruntime.py's OrtGenerat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,10 @@ def fused_graph(model_path: Path, config: dict, pack: bool = True) -> bytes | No
 
     model = onnx.load(str(model_path))
     g = model.graph
-    heads, kv_heads = int(config["num_attention_heads"]), int(config.get("num_key_value_heads") or config["num_attention_heads"])
+    heads, kv_heads = (
+        int(config["num_attention_heads"]),
+        int(config.get("num_key_value_heads") or config["num_attention_heads"]),
+    )
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
     producer = {o: n for n in g.node for o in n.output}
     weights = {i.name for i in g.initializer}
@@ -97,12 +101,27 @@ def fused_graph(model_path: Path, config: dict, pack: bool = True) -> bytes | No
         if packed is not None:  # one matmul instead of three; GroupQueryAttention takes packed QKV
             new_nodes.append(packed)
             qkv = [packed.output[0], "", ""]
-        new_nodes.append(helper.make_node(
-            "GroupQueryAttention",
-            [*qkv, f"past_key_values.{i}.key", f"past_key_values.{i}.value", "slm_seqlens_k",
-             "slm_total_len", "slm_cos", "slm_sin"],
-            [attn, *present], domain="com.microsoft", num_heads=heads, kv_num_heads=kv_heads, do_rotary=1,
-            rotary_interleaved=0, name=f"{p}GroupQueryAttention"))
+        new_nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [
+                    *qkv,
+                    f"past_key_values.{i}.key",
+                    f"past_key_values.{i}.value",
+                    "slm_seqlens_k",
+                    "slm_total_len",
+                    "slm_cos",
+                    "slm_sin",
+                ],
+                [attn, *present],
+                domain="com.microsoft",
+                num_heads=heads,
+                kv_num_heads=kv_heads,
+                do_rotary=1,
+                rotary_interleaved=0,
+                name=f"{p}GroupQueryAttention",
+            )
+        )
         if pack:
             _pack_mlp(g, producer, f"/model/layers.{i}/mlp/", new_nodes, replaced)
     if layers == 0 or not _gather_logits(g, producer, helper, TensorProto):
@@ -147,11 +166,23 @@ def _pack_qkv(g, nodes: list, name: str):
     blobs = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
     scales = [numpy_helper.to_array(inits[n.input[2]]) for n in nodes]
     packed_scales = np.concatenate([sc.reshape(b.shape[0], -1) for sc, b in zip(scales, blobs)])
-    g.initializer.extend([numpy_helper.from_array(np.concatenate(blobs), name + ".B"),
-                          numpy_helper.from_array(packed_scales.reshape((-1,) if scales[0].ndim == 1 else
-                                                                         (packed_scales.shape[0], -1)), name + ".scales")])
-    return helper.make_node("MatMulNBits", [nodes[0].input[0], name + ".B", name + ".scales"], [name + "_output_0"],
-                            name=name, domain="com.microsoft", **same, N=sum(a["N"] for a in attrs))
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.concatenate(blobs), name + ".B"),
+            numpy_helper.from_array(
+                packed_scales.reshape((-1,) if scales[0].ndim == 1 else (packed_scales.shape[0], -1)), name + ".scales"
+            ),
+        ]
+    )
+    return helper.make_node(
+        "MatMulNBits",
+        [nodes[0].input[0], name + ".B", name + ".scales"],
+        [name + "_output_0"],
+        name=name,
+        domain="com.microsoft",
+        **same,
+        N=sum(a["N"] for a in attrs),
+    )
 
 
 def _pack_mlp(g, producer: dict, prefix: str, new_nodes: list, replaced: set) -> None:
@@ -209,18 +240,20 @@ def _gather_logits(g, producer, helper, TensorProto) -> bool:
         for k, x in enumerate(node.input):
             if x == hidden:
                 node.input[k] = picked
-    g.node.extend([
-        helper.make_node("Unsqueeze", [LOGITS_INDEX, "slm_axis2"], ["slm_idx3"]),
-        helper.make_node("Shape", [hidden], ["slm_hshape"]),
-        helper.make_node("Slice", ["slm_hshape", "slm_two", "slm_three"], ["slm_hdim"]),
-        helper.make_node("Shape", [LOGITS_INDEX], ["slm_ishape"]),
-        helper.make_node("Concat", ["slm_ishape", "slm_hdim"], ["slm_eshape"], axis=0),
-        helper.make_node("Expand", ["slm_idx3", "slm_eshape"], ["slm_idx_exp"]),
-        helper.make_node("GatherElements", [hidden, "slm_idx_exp"], [picked], axis=1),
-        helper.make_node("Constant", [], ["slm_axis2"], value_ints=[2]),
-        helper.make_node("Constant", [], ["slm_two"], value_ints=[2]),
-        helper.make_node("Constant", [], ["slm_three"], value_ints=[3]),
-    ])
+    g.node.extend(
+        [
+            helper.make_node("Unsqueeze", [LOGITS_INDEX, "slm_axis2"], ["slm_idx3"]),
+            helper.make_node("Shape", [hidden], ["slm_hshape"]),
+            helper.make_node("Slice", ["slm_hshape", "slm_two", "slm_three"], ["slm_hdim"]),
+            helper.make_node("Shape", [LOGITS_INDEX], ["slm_ishape"]),
+            helper.make_node("Concat", ["slm_ishape", "slm_hdim"], ["slm_eshape"], axis=0),
+            helper.make_node("Expand", ["slm_idx3", "slm_eshape"], ["slm_idx_exp"]),
+            helper.make_node("GatherElements", [hidden, "slm_idx_exp"], [picked], axis=1),
+            helper.make_node("Constant", [], ["slm_axis2"], value_ints=[2]),
+            helper.make_node("Constant", [], ["slm_two"], value_ints=[2]),
+            helper.make_node("Constant", [], ["slm_three"], value_ints=[3]),
+        ]
+    )
     g.input.append(helper.make_tensor_value_info(LOGITS_INDEX, TensorProto.INT64, ["batch_size", "logits_length"]))
     for out in g.output:
         if out.name == "logits":
@@ -288,8 +321,10 @@ class FusedOrtGenerator:
         self.max_length = int(config.get("max_position_embeddings") or 2048)
         inputs = {i.name: i for i in session.get_inputs()}
         self.input_names = set(inputs)
-        self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")),
-                                 key=lambda n: (int(n.split(".")[1]), n.endswith("value")))
+        self.past_names = sorted(
+            (n for n in inputs if n.startswith("past_key_values.")),
+            key=lambda n: (int(n.split(".")[1]), n.endswith("value")),
+        )
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         heads = int(config["num_attention_heads"])
         self.kv_heads = int(config.get("num_key_value_heads") or heads)

@@ -9,9 +9,10 @@ a CUDA GPU are needed; where either is missing, `from_folder` raises BackendUnav
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,9 +77,9 @@ class TensorRTGenerator:
         self.cache_dtype = self._dtype(self.past_names[0])
 
     @classmethod
-    def from_folder(cls, folder: Path, device: str = "cuda") -> "TensorRTGenerator":
+    def from_folder(cls, folder: Path, device: str = "cuda") -> TensorRTGenerator:
+        from slm_toolkit.core.errors import BackendUnavailable
         from slm_toolkit.export.tensorrt import ENGINE_FILE
-        from slm_toolkit.runtime.loader import BackendUnavailable
 
         problem = tensorrt_missing()
         if problem:
@@ -91,8 +92,10 @@ class TensorRTGenerator:
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine((folder / ENGINE_FILE).read_bytes())
         if engine is None:
-            raise BackendUnavailable(f"TensorRT could not load {folder / ENGINE_FILE} (built by another TensorRT "
-                                     "version or for another GPU? rebuild it with the export stage here)")
+            raise BackendUnavailable(
+                f"TensorRT could not load {folder / ENGINE_FILE} (built by another TensorRT "
+                "version or for another GPU? rebuild it with the export stage here)"
+            )
         read = lambda name: json.loads((folder / name).read_text()) if (folder / name).exists() else {}  # noqa: E731
         return cls(engine, read("config.json"), read("generation_config.json"))
 
@@ -104,8 +107,10 @@ class TensorRTGenerator:
         torch, ctx = self.torch, self.context
         batch = int(feeds["input_ids"].shape[0])
         if batch > self.max_batch:
-            raise ValueError(f"batch {batch} exceeds the engine's profile (max {self.max_batch}): rebuild it "
-                             "with a larger `profiles.batch` max")
+            raise ValueError(
+                f"batch {batch} exceeds the engine's profile (max {self.max_batch}): rebuild it "
+                "with a larger `profiles.batch` max"
+            )
         if profile != self._profile:
             ctx.set_optimization_profile_async(profile, self.stream.cuda_stream)
             self._profile = profile

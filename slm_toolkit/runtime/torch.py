@@ -8,9 +8,10 @@ common length and concatenates them along the batch (continuous batching), `sele
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +42,8 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -67,7 +68,9 @@ class TorchGenerator:
         if eos_token_id is None:
             eos_token_id = getattr(gen_cfg, "eos_token_id", None) or cfg.eos_token_id
         stops = stop_id_set(eos_token_id)
-        self.eos_token_id = eos_token_id if isinstance(eos_token_id, int) or eos_token_id is None else (stops[0] if stops else None)
+        self.eos_token_id = (
+            eos_token_id if isinstance(eos_token_id, int) or eos_token_id is None else (stops[0] if stops else None)
+        )
         self.eos_token_ids = stops
         if pad_token_id is None:
             pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else (stops[0] if stops else 0)
@@ -76,8 +79,9 @@ class TorchGenerator:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def from_folder(cls, folder: Path, device: str = "cpu", dtype: torch.dtype | None = None,
-                    trust_remote_code: bool = False) -> "TorchGenerator":
+    def from_folder(
+        cls, folder: Path, device: str = "cpu", dtype: torch.dtype | None = None, trust_remote_code: bool = False
+    ) -> TorchGenerator:
         from slm_toolkit.models.load import load_causal_lm
 
         return cls(load_causal_lm(Path(folder), device, dtype or "auto", trust_remote_code))
@@ -89,8 +93,14 @@ class TorchGenerator:
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = DynamicCache()
         pos = position_ids(mask)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         state = TorchState(out.past_key_values, mask, mask.sum(-1))
         return self._np(out.logits[:, -1]), state
 
@@ -98,8 +108,13 @@ class TorchGenerator:
     def decode_step(self, next_ids: Sequence[int], state: TorchState) -> tuple[np.ndarray, TorchState]:
         ids = torch.as_tensor(list(next_ids), dtype=torch.long, device=self.device).view(-1, 1)
         mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=state.positions.view(-1, 1),
-                         past_key_values=state.cache, use_cache=True)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=state.positions.view(-1, 1),
+            past_key_values=state.cache,
+            use_cache=True,
+        )
         new = TorchState(out.past_key_values, mask, state.positions + 1)
         return self._np(out.logits[:, -1]), new
 
@@ -143,8 +158,13 @@ class TorchGenerator:
         cache = self._expand(state.cache, n)
         mask = torch.cat([state.mask.expand(n, -1), cmask.to(self.device)], dim=1)
         pos = state.positions.view(1, 1) + torch.arange(width, device=self.device).view(1, -1)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=pos.expand(n, -1),
-                         past_key_values=cache, use_cache=True)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask,
+            position_ids=pos.expand(n, -1),
+            past_key_values=cache,
+            use_cache=True,
+        )
         return candidate_logprobs(first_logits[0], out.logits.float().cpu().numpy(), candidates)
 
     # -- helpers -------------------------------------------------------------------------
@@ -155,8 +175,12 @@ class TorchGenerator:
     @staticmethod
     def _expand(cache: DynamicCache, n: int) -> DynamicCache:
         """The prompt's cache repeated for n candidates (computed once, shared by all)."""
-        return DynamicCache([(k.expand(n, -1, -1, -1).contiguous(), v.expand(n, -1, -1, -1).contiguous())
-                             for k, v in _cache_layers(cache)])
+        return DynamicCache(
+            [
+                (k.expand(n, -1, -1, -1).contiguous(), v.expand(n, -1, -1, -1).contiguous())
+                for k, v in _cache_layers(cache)
+            ]
+        )
 
 
 def _lpad(t: torch.Tensor, pad: int) -> torch.Tensor:

@@ -11,8 +11,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,8 +22,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from slm_toolkit.runtime.base import Generator
 from slm_toolkit.serving import schemas as S
 from slm_toolkit.serving.config import ServeConfig
-from slm_toolkit.serving.engine import (Engine, EngineError, EngineUnavailable, GenRequest, QueueFull,
-                                        SamplingParams, ScoreJob)
+from slm_toolkit.serving.engine import (
+    Engine,
+    EngineError,
+    EngineUnavailable,
+    GenRequest,
+    QueueFull,
+    SamplingParams,
+    ScoreJob,
+)
 from slm_toolkit.serving.metrics import ServerMetrics
 from slm_toolkit.serving.middleware import Guard
 from slm_toolkit.serving.text import TextAssembler
@@ -34,17 +41,32 @@ log = logging.getLogger("slm_toolkit.serving")
 class Service:
     """What the routes share: tokenizer, engine, metrics, limits."""
 
-    def __init__(self, load: Callable[[], Generator], tokenizer, cfg: ServeConfig, model_name: str,
-                 on_load_failure: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        load: Callable[[], Generator],
+        tokenizer,
+        cfg: ServeConfig,
+        model_name: str,
+        on_load_failure: Callable[[], None] | None = None,
+    ):
         self.tokenizer, self.cfg, self.model_name = tokenizer, cfg, model_name
         self.metrics = ServerMetrics()
-        first = next((i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-                      if i is not None), 0)
-        self.engine = Engine(load, self.metrics, max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue,
-                             token_budget=cfg.token_budget, scheduler=cfg.scheduler, warmup_ids=[first] * 4,
-                             on_load_failure=on_load_failure)
-        self._hidden = {i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-                        if i is not None}
+        first = next(
+            (i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None), 0
+        )
+        self.engine = Engine(
+            load,
+            self.metrics,
+            max_batch_size=cfg.max_batch_size,
+            max_queue=cfg.max_queue,
+            token_budget=cfg.token_budget,
+            scheduler=cfg.scheduler,
+            warmup_ids=[first] * 4,
+            on_load_failure=on_load_failure,
+        )
+        self._hidden = {
+            i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None
+        }
 
     # ---- text <-> ids ---------------------------------------------------------------
     def max_model_len(self) -> int:
@@ -77,14 +99,20 @@ class Service:
             convo = [{"role": m.role, "content": m.content} for m in messages]
             return list(tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=True))
         if any(m.role == "assistant" for m in messages) or messages[-1].role != "user":
-            raise S.RequestError("messages: this model has no chat template; send system/user messages "
-                                 "ending with a user message", param="messages")
+            raise S.RequestError(
+                "messages: this model has no chat template; send system/user messages ending with a user message",
+                param="messages",
+            )
         return list(prompt_ids(tok, "\n\n".join(m.content for m in messages)))
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_name:
-            raise S.RequestError(f"model '{name}' does not exist; this server serves '{self.model_name}'",
-                                 404, param="model", code="model_not_found")
+            raise S.RequestError(
+                f"model '{name}' does not exist; this server serves '{self.model_name}'",
+                404,
+                param="model",
+                code="model_not_found",
+            )
 
     # ---- generation ------------------------------------------------------------------
     def submit(self, body: S.SamplingFields, ids: list[int]) -> GenRequest:
@@ -94,13 +122,20 @@ class Service:
             raise S.RequestError(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
                 f"{len(ids) + max_tokens} tokens ({len(ids)} in the prompt, {max_tokens} for the completion). "
-                "Please reduce the prompt or max_tokens.", param="max_tokens", code="context_length_exceeded")
-        params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                seed=body.seed, min_tokens=min(body.min_tokens, max_tokens),
-                                ignore_eos=body.ignore_eos)
+                "Please reduce the prompt or max_tokens.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            min_tokens=min(body.min_tokens, max_tokens),
+            ignore_eos=body.ignore_eos,
+        )
         now = time.perf_counter()
-        req = GenRequest(ids, params, asyncio.get_running_loop(), asyncio.Queue(), now,
-                         now + self.cfg.request_timeout)
+        req = GenRequest(ids, params, asyncio.get_running_loop(), asyncio.Queue(), now, now + self.cfg.request_timeout)
         self.engine.submit(req)
         return req
 
@@ -188,14 +223,14 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     @app.exception_handler(QueueFull)
     async def queue_full(_, exc: QueueFull):
         metrics.rejected.labels("queue_full").inc()
-        return _error_response(429, f"{exc}; retry later", "rate_limit_error", code="queue_full",
-                               headers={"Retry-After": "1"})
+        return _error_response(
+            429, f"{exc}; retry later", "rate_limit_error", code="queue_full", headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(EngineUnavailable)
     async def unavailable(_, exc: EngineUnavailable):
         metrics.rejected.labels("unavailable").inc()
-        return _error_response(503, str(exc), "service_unavailable", code="unavailable",
-                               headers={"Retry-After": "5"})
+        return _error_response(503, str(exc), "service_unavailable", code="unavailable", headers={"Retry-After": "5"})
 
     @app.exception_handler(EngineError)
     async def engine_error(_, exc: EngineError):
@@ -217,8 +252,14 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
         return _error_response(500, f"internal server error: {type(exc).__name__}", "server_error")
 
 
-def create_app(load: Callable[[], Generator], tokenizer, cfg: ServeConfig, *, model_name: str,
-               on_load_failure: Callable[[], None] | None = None) -> FastAPI:
+def create_app(
+    load: Callable[[], Generator],
+    tokenizer,
+    cfg: ServeConfig,
+    *,
+    model_name: str,
+    on_load_failure: Callable[[], None] | None = None,
+) -> FastAPI:
     """The server for one model. `load` runs in the engine thread and returns the Generator."""
     svc = Service(load, tokenizer, cfg, model_name, on_load_failure)
     api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
@@ -235,8 +276,12 @@ def create_app(load: Callable[[], Generator], tokenizer, cfg: ServeConfig, *, mo
     app.state.service = svc
     _install_error_handlers(app, svc.metrics)
     _add_routes(app, svc)
-    app.add_middleware(Guard, api_key=api_key, max_body_bytes=cfg.max_body_bytes,
-                       on_reject=lambda reason: svc.metrics.rejected.labels(reason).inc())
+    app.add_middleware(
+        Guard,
+        api_key=api_key,
+        max_body_bytes=cfg.max_body_bytes,
+        on_reject=lambda reason: svc.metrics.rejected.labels(reason).inc(),
+    )
     return app
 
 
@@ -249,8 +294,13 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
     @app.get("/ready")
     async def ready():
         eng = svc.engine
-        state = "failed" if eng.load_error else "stopping" if eng.stopping else (
-            "ready" if eng.ready.is_set() else "loading")
+        state = (
+            "failed"
+            if eng.load_error
+            else "stopping"
+            if eng.stopping
+            else ("ready" if eng.ready.is_set() else "loading")
+        )
         return JSONResponse({"status": state}, status_code=200 if state == "ready" else 503)
 
     @app.get("/metrics")
@@ -260,8 +310,13 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
 
     @app.get("/v1/models")
     async def models():
-        card = {"id": svc.model_name, "object": "model", "created": int(time.time()), "owned_by": "slm-toolkit",
-                "max_model_len": svc.max_model_len()}
+        card = {
+            "id": svc.model_name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "slm-toolkit",
+            "max_model_len": svc.max_model_len(),
+        }
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/completions")
@@ -290,8 +345,9 @@ async def _generate(svc: Service, request: Request, body: S.SamplingFields, ids:
     rid = S.new_id("chatcmpl" if chat else "cmpl")
     if body.stream:
         stream = _stream_chat(svc, req, asm, rid, body) if chat else _stream_completion(svc, req, asm, rid, body)
-        return StreamingResponse(stream, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
     text, finish = await svc.collect(request, req, asm)
     use = S.usage(len(ids), len(asm.ids))
     if chat:
@@ -307,8 +363,9 @@ async def _stream_completion(svc: Service, req: GenRequest, asm: TextAssembler, 
     except EngineError as exc:
         yield _sse(S.error_body(str(exc), "server_error", code=exc.status))
     if inc:
-        yield _sse(S.completion_chunk(rid, svc.model_name, None, None,
-                                      S.usage(len(req.prompt_ids), len(asm.ids)), True))
+        yield _sse(
+            S.completion_chunk(rid, svc.model_name, None, None, S.usage(len(req.prompt_ids), len(asm.ids)), True)
+        )
     yield _sse("[DONE]")
 
 
@@ -334,8 +391,11 @@ async def _score(svc: Service, body: S.ScoreRequest):
     limit = svc.max_model_len()
     longest = len(prompt) + max(len(c) for c in cands)
     if longest > limit:
-        raise S.RequestError(f"prompt + longest candidate is {longest} tokens, over the maximum context "
-                             f"length of {limit}", param="candidates", code="context_length_exceeded")
+        raise S.RequestError(
+            f"prompt + longest candidate is {longest} tokens, over the maximum context length of {limit}",
+            param="candidates",
+            code="context_length_exceeded",
+        )
     if any(not c for c in cands):
         raise S.RequestError("candidates: a candidate tokenizes to no tokens", param="candidates")
     loop = asyncio.get_running_loop()
@@ -347,7 +407,14 @@ async def _score(svc: Service, body: S.ScoreRequest):
     except asyncio.TimeoutError:
         svc.engine.cancel(job)
         raise EngineError(408, "the request timed out") from None
-    data = [{"index": i, "object": "score", "candidate": c, "logprob": lp, "num_tokens": len(ids)}
-            for i, (c, lp, ids) in enumerate(zip(body.candidates, logprobs, cands))]
-    return {"id": S.new_id("score"), "object": "list", "model": svc.model_name, "data": data,
-            "usage": {"prompt_tokens": len(prompt), "total_tokens": len(prompt) + sum(map(len, cands))}}
+    data = [
+        {"index": i, "object": "score", "candidate": c, "logprob": lp, "num_tokens": len(ids)}
+        for i, (c, lp, ids) in enumerate(zip(body.candidates, logprobs, cands))
+    ]
+    return {
+        "id": S.new_id("score"),
+        "object": "list",
+        "model": svc.model_name,
+        "data": data,
+        "usage": {"prompt_tokens": len(prompt), "total_tokens": len(prompt) + sum(map(len, cands))},
+    }

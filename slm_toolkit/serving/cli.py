@@ -15,14 +15,17 @@ def serve(
     backend: Annotated[Optional[str], typer.Option(help="auto|torch|onnxruntime|tensorrt (default: auto)")] = None,
     host: Annotated[Optional[str], typer.Option(help="bind address (default: 127.0.0.1)")] = None,
     port: Annotated[Optional[int], typer.Option(help="port (default: 8000)")] = None,
-    api_key_env: Annotated[Optional[str], typer.Option(
-        help="environment variable holding a bearer API key (requests without it get 401)")] = None,
+    api_key_env: Annotated[
+        Optional[str], typer.Option(help="environment variable holding a bearer API key (requests without it get 401)")
+    ] = None,
     max_batch_size: Annotated[Optional[int], typer.Option(help="sequences decoded together (default: 16)")] = None,
     max_queue: Annotated[Optional[int], typer.Option(help="waiting requests before 429 (default: 128)")] = None,
-    max_model_len: Annotated[Optional[int], typer.Option(
-        help="prompt + max_tokens limit (default: the model's)")] = None,
-    request_timeout: Annotated[Optional[float], typer.Option(
-        help="seconds before a request is cancelled (default: 120)")] = None,
+    max_model_len: Annotated[
+        Optional[int], typer.Option(help="prompt + max_tokens limit (default: the model's)")
+    ] = None,
+    request_timeout: Annotated[
+        Optional[float], typer.Option(help="seconds before a request is cancelled (default: 120)")
+    ] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="continuous|naive (default: continuous)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda[:N] (default: auto)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for the model (default: the library's)")] = None,
@@ -36,10 +39,21 @@ def serve(
 
     err = lambda msg: typer.echo(f"error: {msg}", err=True)  # noqa: E731
     try:
-        cfg = load_serve_config(config, backend=backend, host=host, port=port, api_key_env=api_key_env,
-                                max_batch_size=max_batch_size, max_queue=max_queue, max_model_len=max_model_len,
-                                request_timeout=request_timeout, scheduler=scheduler, device=device, threads=threads,
-                                model_name=model_name)
+        cfg = load_serve_config(
+            config,
+            backend=backend,
+            host=host,
+            port=port,
+            api_key_env=api_key_env,
+            max_batch_size=max_batch_size,
+            max_queue=max_queue,
+            max_model_len=max_model_len,
+            request_timeout=request_timeout,
+            scheduler=scheduler,
+            device=device,
+            threads=threads,
+            model_name=model_name,
+        )
     except (ValidationError, ValueError, OSError) as exc:
         err(f"invalid server settings: {exc}")
         raise typer.Exit(2) from None
@@ -78,15 +92,23 @@ def run_server(artifact: Path, cfg) -> int:
             server.should_exit = True
 
     try:
-        app = create_app(load, tokenizer, cfg, model_name=cfg.model_name or artifact.resolve().name,
-                         on_load_failure=stop_on_failure)
+        app = create_app(
+            load, tokenizer, cfg, model_name=cfg.model_name or artifact.resolve().name, on_load_failure=stop_on_failure
+        )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
     # uvicorn handles SIGTERM/SIGINT: stop accepting, let in-flight requests finish (up to the
     # graceful timeout), then the app's lifespan drains the engine.
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
-                                           timeout_graceful_shutdown=int(cfg.graceful_shutdown_s) or None))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=cfg.host,
+            port=cfg.port,
+            log_level="info",
+            timeout_graceful_shutdown=int(cfg.graceful_shutdown_s) or None,
+        )
+    )
     server.run()
     engine = app.state.service.engine
     if engine.load_error is not None:

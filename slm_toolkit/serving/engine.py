@@ -17,22 +17,41 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from slm_toolkit.runtime.base import GenerationConfig, Generator
 from slm_toolkit.serving.metrics import ServerMetrics
-from slm_toolkit.serving.sequences import (EngineError, EngineUnavailable, GenRequest, QueueFull,  # noqa: F401
-                                           SamplingParams, ScoreJob, deliver, resolve_job, sample_token)
+from slm_toolkit.serving.sequences import (  # noqa: F401
+    EngineError,
+    EngineUnavailable,
+    GenRequest,
+    QueueFull,
+    SamplingParams,
+    ScoreJob,
+    deliver,
+    resolve_job,
+    sample_token,
+)
 
 log = logging.getLogger("slm_toolkit.serving")
 
 
 class Engine:
-    def __init__(self, load: Callable[[], Generator], metrics: ServerMetrics, *, max_batch_size: int = 8,
-                 max_queue: int = 64, token_budget: int = 4096, scheduler: str = "continuous",
-                 warmup_ids: Sequence[int] | None = None, on_load_failure: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        load: Callable[[], Generator],
+        metrics: ServerMetrics,
+        *,
+        max_batch_size: int = 8,
+        max_queue: int = 64,
+        token_budget: int = 4096,
+        scheduler: str = "continuous",
+        warmup_ids: Sequence[int] | None = None,
+        on_load_failure: Callable[[], None] | None = None,
+    ):
         if scheduler not in ("continuous", "naive"):
             raise ValueError(f"scheduler must be 'continuous' or 'naive', not {scheduler!r}")
         self._load, self.metrics = load, metrics
@@ -66,8 +85,11 @@ class Engine:
             if self._stopping:
                 raise EngineUnavailable("the server is shutting down")
             if not self.ready.is_set():
-                raise EngineUnavailable("the model is not loaded yet" if self.load_error is None
-                                        else f"the model failed to load: {self.load_error}")
+                raise EngineUnavailable(
+                    "the model is not loaded yet"
+                    if self.load_error is None
+                    else f"the model failed to load: {self.load_error}"
+                )
             free_slots = max(0, self.max_batch_size - len(self._batch))  # admitted at the next step
             if len(self._waiting) >= self.max_queue + free_slots:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
@@ -157,8 +179,9 @@ class Engine:
         """Finish a cancelled or timed-out item; True when it was."""
         if isinstance(item, ScoreJob):
             if item.cancel_reason or self._expired(item, now):
-                error = EngineError(499, "cancelled") if item.cancel_reason else \
-                    EngineError(408, "the request timed out")
+                error = (
+                    EngineError(499, "cancelled") if item.cancel_reason else EngineError(408, "the request timed out")
+                )
                 resolve_job(item, exc=error)
                 self.metrics.finished.labels("cancelled" if item.cancel_reason else "timeout").inc()
                 return True
@@ -357,8 +380,14 @@ class Engine:
         self.metrics.running.set(1)
         self.metrics.batch_size.observe(1)
         p = item.params
-        cfg = GenerationConfig(max_new_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
-                               seed=p.seed, min_new_tokens=p.min_tokens, ignore_eos=p.ignore_eos)
+        cfg = GenerationConfig(
+            max_new_tokens=p.max_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            seed=p.seed,
+            min_new_tokens=p.min_tokens,
+            ignore_eos=p.ignore_eos,
+        )
         try:
             tokens = self.generator.generate([item.prompt_ids], cfg)[0]
         except Exception as exc:  # noqa: BLE001

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from slm_toolkit.serving.schemas import error_body
 
@@ -16,15 +16,20 @@ _OPEN_PATHS = ("/health", "/ready", "/metrics")  # probes and scrapers need no k
 
 async def _send_error(send, status: int, message: str, type: str, code: str, headers=()) -> None:
     body = json.dumps(error_body(message, type, code=code)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 class Guard:
-    def __init__(self, app, *, api_key: str | None, max_body_bytes: int,
-                 on_reject: Callable[[str], None] = lambda reason: None):
+    def __init__(
+        self, app, *, api_key: str | None, max_body_bytes: int, on_reject: Callable[[str], None] = lambda reason: None
+    ):
         self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
         self.on_reject = on_reject
 
@@ -34,9 +39,14 @@ class Guard:
         headers = dict(scope.get("headers") or [])
         if self.api_key and scope["path"] not in _OPEN_PATHS and not self._authorized(headers):
             self.on_reject("unauthorized")
-            return await _send_error(send, 401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                                     "authentication_error", "invalid_api_key",
-                                     [(b"www-authenticate", b"Bearer")])
+            return await _send_error(
+                send,
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                "authentication_error",
+                "invalid_api_key",
+                [(b"www-authenticate", b"Bearer")],
+            )
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         declared = headers.get(b"content-length", b"0")
@@ -69,5 +79,6 @@ class Guard:
 
     async def _too_large(self, send) -> None:
         self.on_reject("body_too_large")
-        await _send_error(send, 413, f"request body is larger than {self.max_body} bytes",
-                          "invalid_request_error", "body_too_large")
+        await _send_error(
+            send, 413, f"request body is larger than {self.max_body} bytes", "invalid_request_error", "body_too_large"
+        )

@@ -7,8 +7,8 @@ vLLM's extensions `min_tokens` and `ignore_eos` are accepted, as benchmarks need
 
 from __future__ import annotations
 
-import time
 import random
+import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -98,8 +98,15 @@ class ScoreRequest(BaseModel):
 class RequestError(Exception):
     """A client error answered in OpenAI's error shape."""
 
-    def __init__(self, message: str, status: int = 400, *, param: str | None = None,
-                 type: str = "invalid_request_error", code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        *,
+        param: str | None = None,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.message, self.status, self.param, self.type, self.code = message, status, param, type, code
 
@@ -138,38 +145,62 @@ def new_id(prefix: str) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def completion_body(rid: str, model: str, text: str, finish: str | None, use: dict | None) -> dict:
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-            "usage": use}
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "usage": use,
+    }
 
 
-def completion_chunk(rid: str, model: str, text: str | None, finish: str | None,
-                     use: dict | None = None, with_usage: bool = False) -> dict:
-    body = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [] if text is None else
-            [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+def completion_chunk(
+    rid: str, model: str, text: str | None, finish: str | None, use: dict | None = None, with_usage: bool = False
+) -> dict:
+    body = {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [] if text is None else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+    }
     if with_usage:
         body["usage"] = use
     return body
 
 
 def chat_body(rid: str, model: str, text: str, finish: str | None, use: dict) -> dict:
-    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": finish}],
-            "usage": use}
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+        ],
+        "usage": use,
+    }
 
 
-def chat_chunk(rid: str, model: str, delta: dict | None, finish: str | None,
-               use: dict | None = None, with_usage: bool = False) -> dict:
-    body = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [] if delta is None else
-            [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+def chat_chunk(
+    rid: str, model: str, delta: dict | None, finish: str | None, use: dict | None = None, with_usage: bool = False
+) -> dict:
+    body = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
     if with_usage:
         body["usage"] = use
     return body

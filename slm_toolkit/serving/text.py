@@ -11,12 +11,11 @@ become a stop string or an incomplete UTF-8 character is held back. Stop strings
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class TextAssembler:
-    def __init__(self, decode: Callable[[list[int]], str], stops: list[str], min_tokens: int = 0,
-                 lazy: bool = False):
+    def __init__(self, decode: Callable[[list[int]], str], stops: list[str], min_tokens: int = 0, lazy: bool = False):
         self._decode, self._stops, self._min_tokens = decode, stops, min_tokens
         self._lazy = lazy and not stops  # nobody reads deltas: decode once, in flush
         self._max_stop = max((len(s) for s in stops), default=0)
@@ -54,16 +53,16 @@ class TextAssembler:
     def _commit(self, final: bool) -> None:
         """Append the text of the ids after the read offset, unless it ends in an incomplete
         multi-byte character (held until the next token completes it, or `final`)."""
-        context = self._decode(self.ids[self._prefix:self._read]) if self._read > self._prefix else ""
-        text = self._decode(self.ids[self._prefix:])
+        context = self._decode(self.ids[self._prefix : self._read]) if self._read > self._prefix else ""
+        text = self._decode(self.ids[self._prefix :])
         if len(text) > len(context) and (final or not text.endswith("\ufffd")):
-            self._text += text[len(context):]
+            self._text += text[len(context) :]
             self._prefix, self._read = self._read, len(self.ids)
 
     def _send(self, upto: int) -> str:
         if upto <= self._sent:
             return ""
-        delta = self._text[self._sent:upto]
+        delta = self._text[self._sent : upto]
         self._sent = upto
         return delta
 
@@ -77,7 +76,7 @@ class TextAssembler:
         if not self._stops or len(self.ids) < self._min_tokens:
             return 0
         for k in range(min(self._max_stop - 1, end - self._sent), 0, -1):
-            tail = self._text[end - k:end]
+            tail = self._text[end - k : end]
             if any(s.startswith(tail) for s in self._stops):
                 return k
         return 0

@@ -36,9 +36,14 @@ def run(cfg: FakeConfig, inp: StageInput) -> StageOutput:
         raise RuntimeError(f"fake stage asked to fail (value {cfg.value})")
     parent = Path(inp.artifact) / "weights.txt" if inp.artifact else None
     text = parent.read_text() if parent and parent.is_file() else ""
-    metrics = {"accuracy": 0.5 + cfg.value / 100, "params": 1000.0 * (cfg.value + 1),
-               "bytes": 2e6 * (cfg.value + 1), "latency_ms_median": 1.5, "resumed": float(resumed),
-               "history": float(len(inp.history))}
+    metrics = {
+        "accuracy": 0.5 + cfg.value / 100,
+        "params": 1000.0 * (cfg.value + 1),
+        "bytes": 2e6 * (cfg.value + 1),
+        "latency_ms_median": 1.5,
+        "resumed": float(resumed),
+        "history": float(len(inp.history)),
+    }
     extra = {"report_md": f"fake stage value {cfg.value}\n"}
     if not cfg.produce:
         return StageOutput(artifact=inp.artifact, metrics=metrics, extra=extra)
@@ -47,8 +52,9 @@ def run(cfg: FakeConfig, inp: StageInput) -> StageOutput:
     return StageOutput(artifact=inp.workdir, metrics=metrics, timings={"train_s": 0.01}, extra=extra)
 
 
-SPEC = StageSpec("fake", "fake_stages:FakeConfig", "fake_stages:run", accepts=ANY,
-                 test_module="tests/integration/test_pipeline.py")
+SPEC = StageSpec(
+    "fake", "fake_stages:FakeConfig", "fake_stages:run", accepts=ANY, test_module="tests/integration/test_pipeline.py"
+)
 
 
 def register() -> None:

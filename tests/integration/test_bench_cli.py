@@ -14,7 +14,13 @@ from slm_toolkit.cli import app
 
 runner = CliRunner()
 VLLM_KEYS = [f"{s}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for s in ("mean", "median", "p99")] + [
-    "request_throughput", "output_throughput", "total_token_throughput", "request_goodput", "completed", "failed"]
+    "request_throughput",
+    "output_throughput",
+    "total_token_throughput",
+    "request_goodput",
+    "completed",
+    "failed",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +46,26 @@ def _bench(*args: str):
 
 def test_artifact_sweep(artifact, tmp_path):
     out = tmp_path / "res"
-    code, text = _bench("--artifact", str(artifact), "--concurrency", "1,2", "--num-requests", "6",
-                        "--input-len", "8", "--output-len", "6", "--warmup", "1", "--out", str(out),
-                        "--label", "tiny", "--slo", "ttft=60000,tpot=60000")
+    code, text = _bench(
+        "--artifact",
+        str(artifact),
+        "--concurrency",
+        "1,2",
+        "--num-requests",
+        "6",
+        "--input-len",
+        "8",
+        "--output-len",
+        "6",
+        "--warmup",
+        "1",
+        "--out",
+        str(out),
+        "--label",
+        "tiny",
+        "--slo",
+        "ttft=60000,tpot=60000",
+    )
     assert code == 0, text
     doc = json.loads((out / "results.json").read_text())
     assert doc["label"] == "tiny" and doc["formulas"]["tpot"].startswith("TPOT = (E2E - TTFT)")
@@ -64,8 +87,26 @@ def test_artifact_sweep(artifact, tmp_path):
 def test_open_loop_gsm8k_and_compare(server, tmp_path):
     url, _ = server
     a, b = tmp_path / "a", tmp_path / "b"
-    code, text = _bench("--url", url, "--rate", "20", "--burstiness", "0.5", "--num-requests", "5",
-                        "--dataset", "gsm8k", "--output-len", "4", "--warmup", "0", "--out", str(a), "--label", "open")
+    code, text = _bench(
+        "--url",
+        url,
+        "--rate",
+        "20",
+        "--burstiness",
+        "0.5",
+        "--num-requests",
+        "5",
+        "--dataset",
+        "gsm8k",
+        "--output-len",
+        "4",
+        "--warmup",
+        "0",
+        "--out",
+        str(a),
+        "--label",
+        "open",
+    )
     assert code == 0, text
     lv = json.loads((a / "results.json").read_text())["levels"][0]
     assert lv["name"] == "r20" and lv["completed"] == 5 and lv["rate"] == 20
@@ -74,8 +115,24 @@ def test_open_loop_gsm8k_and_compare(server, tmp_path):
     assert sched[0] == 0.0 and sched[-1] > 0.0  # Gamma arrivals spread over time
     jsonl = tmp_path / "p.jsonl"
     jsonl.write_text('{"prompt": "1+2=", "output_len": 3}\n{"question": "2*3=", "output_len": 3}\n')
-    code, text = _bench("--url", url, "--concurrency", "2", "--num-requests", "4", "--dataset", str(jsonl),
-                        "--api", "chat", "--warmup", "0", "--out", str(b), "--label", "chat")
+    code, text = _bench(
+        "--url",
+        url,
+        "--concurrency",
+        "2",
+        "--num-requests",
+        "4",
+        "--dataset",
+        str(jsonl),
+        "--api",
+        "chat",
+        "--warmup",
+        "0",
+        "--out",
+        str(b),
+        "--label",
+        "chat",
+    )
     assert code == 0, text
     lv = json.loads((b / "results.json").read_text())["levels"][0]
     assert lv["completed"] == 4 and lv["total_output_tokens"] == 12
@@ -89,8 +146,22 @@ def test_open_loop_gsm8k_and_compare(server, tmp_path):
 def test_failed_requests_are_counted(server, tmp_path):
     url, _ = server
     out = tmp_path / "bad"  # prompt + output over the model's 512 positions: every request is a 400
-    code, text = _bench("--url", url, "--concurrency", "2", "--num-requests", "3", "--input-len", "8",
-                        "--output-len", "600", "--warmup", "0", "--out", str(out))
+    code, text = _bench(
+        "--url",
+        url,
+        "--concurrency",
+        "2",
+        "--num-requests",
+        "3",
+        "--input-len",
+        "8",
+        "--output-len",
+        "600",
+        "--warmup",
+        "0",
+        "--out",
+        str(out),
+    )
     assert code == 0, text
     lv = json.loads((out / "results.json").read_text())["levels"][0]
     assert lv["completed"] == 0 and lv["failed"] == 3 and lv["rate_limited"] == 0
@@ -98,18 +169,21 @@ def test_failed_requests_are_counted(server, tmp_path):
     assert any("requests failed" in w for w in lv["warnings"])
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "exactly one of --url"),
-    (["--url", "http://x", "--artifact", "."], "exactly one of --url"),
-    (["--url", "http://x", "--concurrency", "1,0"], "--concurrency"),
-    (["--url", "http://x", "--concurrency", "a"], "--concurrency"),
-    (["--url", "http://x", "--slo", "ttft"], "--slo"),
-    (["--url", "http://x", "--slo", "speed=3"], "unknown SLO"),
-    (["--url", "http://x", "--num-requests", "3", "--duration", "2"], "not both"),
-    (["--url", "http://x", "--dataset", "wiki"], "--dataset"),
-    (["--artifact", "/no/such/folder"], "folder not found"),
-    (["--url", "http://x", "--api", "grpc"], "--api"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "exactly one of --url"),
+        (["--url", "http://x", "--artifact", "."], "exactly one of --url"),
+        (["--url", "http://x", "--concurrency", "1,0"], "--concurrency"),
+        (["--url", "http://x", "--concurrency", "a"], "--concurrency"),
+        (["--url", "http://x", "--slo", "ttft"], "--slo"),
+        (["--url", "http://x", "--slo", "speed=3"], "unknown SLO"),
+        (["--url", "http://x", "--num-requests", "3", "--duration", "2"], "not both"),
+        (["--url", "http://x", "--dataset", "wiki"], "--dataset"),
+        (["--artifact", "/no/such/folder"], "folder not found"),
+        (["--url", "http://x", "--api", "grpc"], "--api"),
+    ],
+)
 def test_usage_errors(args, message):
     code, text = _bench(*args)
     assert code == 2 and message in text, text

@@ -5,18 +5,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench_helpers import make_tiny
+
 from slm_toolkit.bench.config import BenchConfig
 from slm_toolkit.bench.stage import run
-from slm_toolkit.stage import DataBundle, StageInput
-from bench_helpers import make_tiny
+from slm_toolkit.data.example import DataBundle
+from slm_toolkit.stage import StageInput
 
 
 def test_bench_stage(tmp_path: Path):
     artifact = make_tiny(tmp_path / "tiny-llama")
     workdir = tmp_path / "07-bench"
     workdir.mkdir()
-    inp = StageInput(artifact=artifact, model=artifact, data=DataBundle([], [], "none"), workdir=workdir,
-                     run_dir=tmp_path, device="cpu", seed=0)
+    inp = StageInput(
+        artifact=artifact,
+        model=artifact,
+        data=DataBundle([], [], "none"),
+        workdir=workdir,
+        run_dir=tmp_path,
+        device="cpu",
+        seed=0,
+    )
     cfg = BenchConfig(backend="torch", concurrency=[1, 3], num_requests=4, input_len=6, output_len=5, warmup=1)
     out = run(cfg, inp)
     assert out.artifact == artifact  # bench never changes the artifact

@@ -11,21 +11,33 @@ from pathlib import Path
 
 import pytest
 import torch
+from distill_helpers import tiny_input
 from safetensors.torch import load_file
 
-from distill_helpers import tiny_input
 from slm_toolkit.distill.config import DistillConfig
 from slm_toolkit.distill.stage import run
 
 HERE = Path(__file__).parent
-CONFIG = {"truncate": {"fraction": 0.5, "full_batches": 0.25}, "loss": {"ce_weight": 0.2},
-          "train": {"batch_size": 8, "grad_accum": 2, "max_steps": 4, "lr": 3e-3, "warmup": 0.0}}
+CONFIG = {
+    "truncate": {"fraction": 0.5, "full_batches": 0.25},
+    "loss": {"ce_weight": 0.2},
+    "train": {"batch_size": 8, "grad_accum": 2, "max_steps": 4, "lr": 3e-3, "warmup": 0.0},
+}
 
 
 def _torchrun(tmp: Path, workdir: str, config: dict) -> subprocess.CompletedProcess:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    args = [torchrun, "--standalone", "--nproc_per_node", "2", str(HERE / "distill_worker.py"),
-            str(tmp), workdir, json.dumps(config), str(tmp / f"{workdir}.json")]
+    args = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE / "distill_worker.py"),
+        str(tmp),
+        workdir,
+        json.dumps(config),
+        str(tmp / f"{workdir}.json"),
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
 

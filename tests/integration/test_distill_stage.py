@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from distill_helpers import tiny_input, tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from distill_helpers import tiny_input, tiny_model
-from slm_toolkit.artifacts import read_meta
-from slm_toolkit.data.tokenizer import build_demo_tokenizer
+from slm_toolkit.core.artifacts import read_meta
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.distill.config import DistillConfig
 from slm_toolkit.distill.stage import run
 from slm_toolkit.distill.trainer import VocabularyMismatch
@@ -109,14 +109,21 @@ def test_healing_stage_reuses_the_teacher_cache(tmp_path):
 def _worker(tmp, workdir, config, out, kill_after=None):
     args = [sys.executable, str(HERE / "distill_worker.py"), str(tmp), workdir, json.dumps(config), str(out)]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run(args + ([str(kill_after)] if kill_after is not None else []), env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        args + ([str(kill_after)] if kill_after is not None else []),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow  # three model runs in two fresh processes: ~25-50 s on the shared 2-core CPU
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    config = {"truncate": {"fraction": 0.5, "full_batches": 0.25},
-              "train": {"batch_size": 8, "max_steps": 8, "lr": 3e-3, "checkpoint_every": 2}}
+    config = {
+        "truncate": {"fraction": 0.5, "full_batches": 0.25},
+        "train": {"batch_size": 8, "max_steps": 8, "lr": 3e-3, "checkpoint_every": 2},
+    }
     inp, student = tiny_input(tmp_path, n_train=48, workdir="ref")  # the same models as the workers'
     ref = run(DistillConfig.model_validate(config | {"student": str(student)}), inp)
     (tmp_path / "ref.json").write_text(json.dumps({"metrics": ref.metrics}))

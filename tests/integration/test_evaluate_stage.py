@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from slm_toolkit.data.demo import generate_examples
+from slm_toolkit.data.example import DataBundle
 from slm_toolkit.data.segments import tokenize_examples
-from slm_toolkit.data.tokenizer import build_demo_tokenizer
+from slm_toolkit.demo.builtin import build_model
+from slm_toolkit.demo.task import generate_examples
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer
+from slm_toolkit.demo.train_lm import train_causal_lm
 from slm_toolkit.evaluate.config import EvaluateConfig
 from slm_toolkit.evaluate.stage import run
-from slm_toolkit.models.builtin import build_model
-from slm_toolkit.models.train_lm import train_causal_lm
-from slm_toolkit.stage import DataBundle, StageInput
+from slm_toolkit.stage import StageInput
 
 TASK = dict(steps=1, digits=1, ops="+", verify=0)  # learnable by a 1-layer model in seconds
 ARCH = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
@@ -24,8 +25,7 @@ def _trained(folder: Path, steps: int) -> Path:
     tok = build_demo_tokenizer()
     model = build_model(ARCH, tok, 64, seed=0)
     seqs = tokenize_examples(tok, generate_examples(2000, 0, **TASK))
-    train_causal_lm(model, seqs, pad_id=tok.pad_token_id, steps=steps, batch_size=32, lr=1e-2, seed=0,
-                    progress=False)
+    train_causal_lm(model, seqs, pad_id=tok.pad_token_id, steps=steps, batch_size=32, lr=1e-2, seed=0, progress=False)
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder
@@ -41,8 +41,9 @@ def _input(tmp_path: Path, artifact: Path, model: Path, n_eval: int = 24) -> Sta
     data = DataBundle(train=[], eval=generate_examples(n_eval, 1, **TASK), source="builtin:arith-cot")
     work = tmp_path / "run" / "01-evaluate"
     work.mkdir(parents=True, exist_ok=True)
-    return StageInput(artifact=artifact, model=model, data=data, workdir=work, run_dir=tmp_path / "run",
-                      device="cpu", seed=0)
+    return StageInput(
+        artifact=artifact, model=model, data=data, workdir=work, run_dir=tmp_path / "run", device="cpu", seed=0
+    )
 
 
 def test_evaluate_the_reference_itself(tmp_path, models):
@@ -52,8 +53,17 @@ def test_evaluate_the_reference_itself(tmp_path, models):
     assert out.artifact == reference
     assert m["accuracy"] > 0.5 and m["answer_rate"] == 1.0 and m["n_eval"] == 24
     assert m["retention"] == pytest.approx(1.0) and m["reference_accuracy"] == m["accuracy"]
-    for key in ("ppl_prompt", "ppl_cot", "ppl_answer", "nll_cot", "params", "bytes", "latency_ms_median",
-                "latency_ms_spread", "tok_s"):
+    for key in (
+        "ppl_prompt",
+        "ppl_cot",
+        "ppl_answer",
+        "nll_cot",
+        "params",
+        "bytes",
+        "latency_ms_median",
+        "latency_ms_spread",
+        "tok_s",
+    ):
         assert key in m and m[key] >= 0, key
     assert m["ppl_answer"] < m["ppl_prompt"]  # the answer follows from the CoT; the prompt is random
     assert m["bytes"] >= (reference / "model.safetensors").stat().st_size

@@ -9,20 +9,30 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from slm_toolkit.data.demo import generate_examples
-from slm_toolkit.data.tokenizer import build_demo_tokenizer
+from slm_toolkit.data.example import DataBundle
+from slm_toolkit.demo.task import generate_examples
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.export.config import ExportConfig, output_kind
 from slm_toolkit.export.stage import ExportParityError, run
-from slm_toolkit.stage import DataBundle, StageInput
+from slm_toolkit.stage import StageInput
 
 
 def hf_folder(folder: Path, head_dim: int | None) -> Path:
     tok = build_demo_tokenizer()
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim or 16,
-                      max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=head_dim or 16,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)

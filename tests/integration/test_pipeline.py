@@ -81,7 +81,7 @@ def test_manifest_report_and_folders(project):
     assert m["stages"][1]["input_artifact_hash"] == m["stages"][0]["artifact_hash"]
     assert m["stages"][2]["input_artifact_hash"] == m["stages"][0]["artifact_hash"]
     assert (run_dir / "03-fake" / "weights.txt").read_text() == "1\n3\n"
-    from slm_toolkit.artifacts import read_meta
+    from slm_toolkit.core.artifacts import read_meta
 
     meta = read_meta(run_dir / "03-fake")  # the pipeline fills in the lineage the stage left out
     assert meta["kind"] == "hf" and meta["stage"] == "03-fake" and meta["parent"] == "01-fake"
@@ -182,7 +182,11 @@ def _start(project: Path, sleep: str) -> subprocess.Popen:
     env = {**os.environ, "FAKE_SLEEP": sleep, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, str(HERE / "fake_stages.py"), "run", "r.yaml"],
-        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -221,14 +225,21 @@ def _tiny_llama(folder: Path, hidden: int, layers: int, seed: int) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from slm_toolkit.data.tokenizer import build_demo_tokenizer
+    from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 
     tok = build_demo_tokenizer()
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)

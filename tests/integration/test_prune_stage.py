@@ -13,10 +13,11 @@ import os
 import pytest
 import torch
 
-from slm_toolkit.data.demo import generate_examples
-from slm_toolkit.data.tokenizer import build_demo_tokenizer
+from slm_toolkit.data.example import DataBundle
+from slm_toolkit.demo.task import generate_examples
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.prune.config import PruneConfig
-from slm_toolkit.stage import DataBundle, StageInput
+from slm_toolkit.stage import StageInput
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,10 +28,19 @@ def hf_model(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny") / "hf"
     tok = build_demo_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -46,18 +56,20 @@ def data():
 def _input(artifact, data, tmp_path):
     work = tmp_path / "02-prune"
     work.mkdir()
-    return StageInput(artifact=artifact, model=artifact, data=data, workdir=work, run_dir=tmp_path,
-                      device="cpu", seed=0)
+    return StageInput(
+        artifact=artifact, model=artifact, data=data, workdir=work, run_dir=tmp_path, device="cpu", seed=0
+    )
 
 
 def test_width_and_depth_prune_writes_a_plain_hf_folder(hf_model, data, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from slm_toolkit.artifacts import read_meta
+    from slm_toolkit.core.artifacts import read_meta
     from slm_toolkit.prune.stage import run
 
-    cfg = PruneConfig(heads=0.5, mlp=0.5, layers=1, importance="taylor",
-                      calibration={"samples": 6, "batch_size": 3}, round_to=8)
+    cfg = PruneConfig(
+        heads=0.5, mlp=0.5, layers=1, importance="taylor", calibration={"samples": 6, "batch_size": 3}, round_to=8
+    )
     inp = _input(hf_model, data, tmp_path)
     out = run(cfg, inp)
 
@@ -80,12 +92,15 @@ def test_width_and_depth_prune_writes_a_plain_hf_folder(hf_model, data, tmp_path
     assert "### prune" in out.extra["report_md"]
 
 
-@pytest.mark.parametrize("cfg, message", [
-    (dict(heads=0.9), "would remove all 2 KV heads"),
-    (dict(layers=3), "would remove all 3 decoder layers"),
-    (dict(mlp=0.95, round_to=8), "leaves fewer than round_to=8"),
-    (dict(hidden=0.5, round_to=64), "leaves fewer than round_to=64 of the model's hidden_size=64"),
-])
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        (dict(heads=0.9), "would remove all 2 KV heads"),
+        (dict(layers=3), "would remove all 3 decoder layers"),
+        (dict(mlp=0.95, round_to=8), "leaves fewer than round_to=8"),
+        (dict(hidden=0.5, round_to=64), "leaves fewer than round_to=64 of the model's hidden_size=64"),
+    ],
+)
 def test_impossible_ratios_fail_before_any_work(hf_model, data, tmp_path, cfg, message):
     from slm_toolkit.prune.stage import run
 

@@ -14,11 +14,12 @@ import os
 import pytest
 import torch
 
-from slm_toolkit.data.demo import generate_examples
-from slm_toolkit.data.tokenizer import build_demo_tokenizer
+from slm_toolkit.data.example import DataBundle
+from slm_toolkit.demo.task import generate_examples
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.quantize.config import QuantizeConfig
 from slm_toolkit.runtime.base import GenerationConfig
-from slm_toolkit.stage import DataBundle, StageInput
+from slm_toolkit.stage import StageInput
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -28,9 +29,16 @@ def _tiny_llama(folder, hidden=64, intermediate=128, seed=0):
 
     tok = build_demo_tokenizer()
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
@@ -53,12 +61,13 @@ def data():
 def _input(artifact, data, tmp_path):
     work = tmp_path / "03-quantize"
     work.mkdir()
-    return StageInput(artifact=artifact, model=artifact, data=data, workdir=work, run_dir=tmp_path,
-                      device="cpu", seed=0)
+    return StageInput(
+        artifact=artifact, model=artifact, data=data, workdir=work, run_dir=tmp_path, device="cpu", seed=0
+    )
 
 
 def _check_output(out, inp, scheme, kind):
-    from slm_toolkit.artifacts import read_meta
+    from slm_toolkit.core.artifacts import read_meta
     from slm_toolkit.quantize.stage import open_generator
 
     assert out.artifact == inp.workdir
@@ -115,7 +124,7 @@ def test_torchao_reload_is_exact(scheme, hf_model, tmp_path):
         assert torch.equal(quantized(ids).logits, reloaded(ids).logits)
     # The documented limitation: transformers 4.57's own loader cannot read torchao 0.18 safetensors;
     # it must fail loudly rather than load random weights. If this starts passing, switch to it.
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever transformers raises, it must not load
         AutoModelForCausalLM.from_pretrained(tmp_path / "q")
 
 
@@ -190,8 +199,11 @@ def test_ort_schemes(scheme, onnx_model, data, tmp_path):
     # only the linear layers are quantized: the rotary `positions x inv_freq` MatMul and the attention
     # MatMuls stay float (a calibrated rotary MatMul clips later positions: accuracy fell to 0)
     producer = {o: n.op_type for n in graph.node for o in n.output}
-    float_matmuls = {n.name for n in graph.node if n.op_type == "MatMul"
-                     and not any(producer.get(i) == "DequantizeLinear" for i in n.input)}
+    float_matmuls = {
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul" and not any(producer.get(i) == "DequantizeLinear" for i in n.input)
+    }
     assert any("rotary_emb" in n for n in float_matmuls)
     assert not any(n.endswith(("_proj/MatMul", "lm_head/MatMul")) for n in float_matmuls)
 

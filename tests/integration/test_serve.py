@@ -19,7 +19,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from slm_toolkit.data.segments import prompt_ids
-from slm_toolkit.data.tokenizer import build_demo_tokenizer
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.runtime.base import GenerationConfig
 from slm_toolkit.runtime.loader import load_generator
 
@@ -33,10 +33,19 @@ def artifact(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = build_demo_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, initializer_range=0.2)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=0.2,
+    )
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("served") / "tiny-llama"
     LlamaForCausalLM(cfg).save_pretrained(folder)
@@ -64,8 +73,9 @@ class Wrapped:
 
 
 class Server:
-    def __init__(self, artifact: Path, headers: dict | None = None, delay: float = 0.0, backend: str = "auto",
-                 **settings):
+    def __init__(
+        self, artifact: Path, headers: dict | None = None, delay: float = 0.0, backend: str = "auto", **settings
+    ):
         import uvicorn
         from transformers import AutoTokenizer
 
@@ -74,8 +84,12 @@ class Server:
 
         self.tok = AutoTokenizer.from_pretrained(artifact)
         self.poison = poison = self.tok.convert_tokens_to_ids("</think>")  # only sent as explicit ids
-        self.app = create_app(lambda: Wrapped(load_generator(artifact, backend), delay, poison), self.tok,
-                              ServeConfig(**settings), model_name="tiny")
+        self.app = create_app(
+            lambda: Wrapped(load_generator(artifact, backend), delay, poison),
+            self.tok,
+            ServeConfig(**settings),
+            model_name="tiny",
+        )
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -91,8 +105,11 @@ class Server:
 
     def metrics(self) -> dict:
         text = self.client.get("/metrics").text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
 
     def close(self) -> None:
         self.client.close()
@@ -114,8 +131,15 @@ def main(artifact):
 @pytest.fixture(scope="module")
 def small(artifact, monkeypatch_module):
     monkeypatch_module.setenv("SLM_TEST_KEY", "s3cret")
-    srv = Server(artifact, headers={"Authorization": "Bearer s3cret"}, delay=0.01, max_batch_size=1,
-                 max_queue=2, request_timeout=1.5, api_key_env="SLM_TEST_KEY")
+    srv = Server(
+        artifact,
+        headers={"Authorization": "Bearer s3cret"},
+        delay=0.01,
+        max_batch_size=1,
+        max_queue=2,
+        request_timeout=1.5,
+        api_key_env="SLM_TEST_KEY",
+    )
     yield srv
     srv.close()
 
@@ -139,7 +163,7 @@ def complete(srv: Server, prompt, **kw) -> dict:
 
 
 def sse(lines) -> list:
-    events = [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    events = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     return [json.loads(e) for e in events[:-1]]
 
@@ -162,8 +186,10 @@ def test_completion_matches_runtime_generate(main, reference):
 
 
 def test_chat_uses_the_plain_template(main, reference):
-    r = main.client.post("/v1/chat/completions", json={
-        "model": "tiny", "messages": [{"role": "user", "content": "3*4"}], "max_tokens": 6, "temperature": 0})
+    r = main.client.post(
+        "/v1/chat/completions",
+        json={"model": "tiny", "messages": [{"role": "user", "content": "3*4"}], "max_tokens": 6, "temperature": 0},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     ids = prompt_ids(main.tok, "3*4")
@@ -171,8 +197,10 @@ def test_chat_uses_the_plain_template(main, reference):
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": main.app.state.service.decode(want)}
     assert body["usage"]["prompt_tokens"] == len(ids)
-    two = main.client.post("/v1/chat/completions", json={
-        "messages": [{"role": "system", "content": "1+1"}, {"role": "user", "content": "3*4"}], "max_tokens": 2})
+    two = main.client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "system", "content": "1+1"}, {"role": "user", "content": "3*4"}], "max_tokens": 2},
+    )
     assert two.json()["usage"]["prompt_tokens"] == len(prompt_ids(main.tok, "1+1\n\n3*4"))
 
 
@@ -181,7 +209,9 @@ def test_streaming_with_usage(main, route):
     base = {"max_tokens": 7, "temperature": 0}
     base |= {"prompt": "5-2="} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "5-2"}]}
     whole = main.client.post(route, json=base).json()
-    with main.client.stream("POST", route, json=base | {"stream": True, "stream_options": {"include_usage": True}}) as r:
+    with main.client.stream(
+        "POST", route, json=base | {"stream": True, "stream_options": {"include_usage": True}}
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         chunks = sse(list(r.iter_lines()))
     last = chunks[-1]
@@ -201,11 +231,14 @@ def test_stop_strings_min_tokens_ignore_eos(main):
     full = complete(main, "9+9=", max_tokens=20, ignore_eos=True)["choices"][0]["text"]
     stop = full[4:6]
     cut = complete(main, "9+9=", max_tokens=20, stop=[stop, "@@"])
-    assert cut["choices"][0] == {"index": 0, "text": full[:full.find(stop)], "logprobs": None, "finish_reason": "stop"}
-    with main.client.stream("POST", "/v1/completions", json={"prompt": "9+9=", "max_tokens": 20, "temperature": 0,
-                                                            "stop": stop, "stream": True}) as r:
+    assert cut["choices"][0] == {"index": 0, "text": full[: full.find(stop)], "logprobs": None, "finish_reason": "stop"}
+    with main.client.stream(
+        "POST",
+        "/v1/completions",
+        json={"prompt": "9+9=", "max_tokens": 20, "temperature": 0, "stop": stop, "stream": True},
+    ) as r:
         chunks = sse(list(r.iter_lines()))
-    assert "".join(c["choices"][0]["text"] for c in chunks) == full[:full.find(stop)]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == full[: full.find(stop)]
     fixed = complete(main, "9+9=", max_tokens=20, min_tokens=20, ignore_eos=True)
     assert fixed["usage"]["completion_tokens"] == 20 and fixed["choices"][0]["finish_reason"] == "length"
 
@@ -229,14 +262,17 @@ def test_score_matches_runtime(main, reference):
 
 
 async def _fire(url: str, bodies: list[dict], headers=None) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60,
-                                 limits=httpx.Limits(max_connections=100)) as c:
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, timeout=60, limits=httpx.Limits(max_connections=100)
+    ) as c:
         return await asyncio.gather(*(c.post("/v1/completions", json=b) for b in bodies))
 
 
 def test_32_concurrent_identical_to_sequential(main):
-    bodies = [{"prompt": p, "max_tokens": 6 + i % 9, "temperature": 0, "ignore_eos": i % 2 == 0}
-              for i, p in enumerate(PROMPTS)]
+    bodies = [
+        {"prompt": p, "max_tokens": 6 + i % 9, "temperature": 0, "ignore_eos": i % 2 == 0}
+        for i, p in enumerate(PROMPTS)
+    ]
     sequential = [main.client.post("/v1/completions", json=b).json()["choices"][0]["text"] for b in bodies]
     before = main.metrics()
     responses = asyncio.run(_fire(main.url, bodies))
@@ -252,16 +288,27 @@ def test_naive_scheduler_gives_the_same_greedy_text(artifact, main):
     naive = Server(artifact, scheduler="naive", max_model_len=MAX_LEN)
     try:
         for p in PROMPTS[:4]:
-            assert complete(naive, p, max_tokens=8)["choices"][0]["text"] == \
-                complete(main, p, max_tokens=8)["choices"][0]["text"]
+            assert (
+                complete(naive, p, max_tokens=8)["choices"][0]["text"]
+                == complete(main, p, max_tokens=8)["choices"][0]["text"]
+            )
         # the naive scheduler hands over all its tokens at once: they stream as one delta, not 8
-        body = {"prompt": PROMPTS[0], "temperature": 0.0, "max_tokens": 8, "min_tokens": 8, "ignore_eos": True,
-                "stream": True, "stream_options": {"include_usage": True}}
+        body = {
+            "prompt": PROMPTS[0],
+            "temperature": 0.0,
+            "max_tokens": 8,
+            "min_tokens": 8,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         with naive.client.stream("POST", "/v1/completions", json=body) as r:
             chunks = sse(list(r.iter_lines()))
         texts = [c["choices"][0]["text"] for c in chunks if c["choices"] and c["choices"][0]["text"]]
         assert chunks[-1]["usage"]["completion_tokens"] == 8 and len(texts) == 1
-        assert texts[0] == complete(naive, PROMPTS[0], max_tokens=8, min_tokens=8, ignore_eos=True)["choices"][0]["text"]
+        assert (
+            texts[0] == complete(naive, PROMPTS[0], max_tokens=8, min_tokens=8, ignore_eos=True)["choices"][0]["text"]
+        )
     finally:
         naive.close()
 
@@ -273,8 +320,9 @@ def test_onnx_artifact_serves_batched_like_sequential(artifact, tmp_path):
     export_onnx(artifact, tmp_path / "onnx", optimize="none")
     srv = Server(tmp_path / "onnx", backend="onnxruntime", max_batch_size=8, max_model_len=MAX_LEN)
     try:
-        bodies = [{"prompt": p, "max_tokens": 6 + i % 9, "temperature": 0, "ignore_eos": True}
-                  for i, p in enumerate(PROMPTS)]
+        bodies = [
+            {"prompt": p, "max_tokens": 6 + i % 9, "temperature": 0, "ignore_eos": True} for i, p in enumerate(PROMPTS)
+        ]
         sequential = [complete(srv, **b)["choices"][0]["text"] for b in bodies]
         responses = asyncio.run(_fire(srv.url, bodies))
         assert [r.json()["choices"][0]["text"] for r in responses] == sequential
@@ -312,7 +360,11 @@ MALFORMED = [
     ("/v1/chat/completions", {"messages": []}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, 400),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+        400,
+    ),
     ("/v1/score", {"prompt": "a", "candidates": []}, 400),
     ("/v1/score", {"prompt": "a", "candidates": "b"}, 400),
     ("/v1/completions", b'{"prompt": "' + b"x" * 70000 + b'"}', 413),
@@ -331,8 +383,16 @@ def test_malformed_requests_are_4xx_and_the_server_survives(main):
         assert err["message"] and err["type"] and set(err) == {"message", "type", "param", "code"}, err
     assert main.client.get("/v1/completions").status_code == 405
     after = main.metrics()
-    assert metric(after, "requests_rejected_total", reason="too_long") - metric(before, "requests_rejected_total", reason="too_long") == 1
-    assert metric(after, "requests_rejected_total", reason="body_too_large") - metric(before, "requests_rejected_total", reason="body_too_large") == 1
+    assert (
+        metric(after, "requests_rejected_total", reason="too_long")
+        - metric(before, "requests_rejected_total", reason="too_long")
+        == 1
+    )
+    assert (
+        metric(after, "requests_rejected_total", reason="body_too_large")
+        - metric(before, "requests_rejected_total", reason="body_too_large")
+        == 1
+    )
     assert main.client.get("/health").status_code == 200
     assert complete(main, "1+1=", max_tokens=3)["usage"]["completion_tokens"] == 3
 
@@ -382,8 +442,9 @@ def test_flood_gets_429_with_retry_after(small):
     assert len(texts) == 1
     assert all(r.headers["retry-after"] == "1" for r in responses if r.status_code == 429)
     after = small.metrics()
-    rejected = metric(after, "requests_rejected_total", reason="queue_full") - \
-        metric(before, "requests_rejected_total", reason="queue_full")
+    rejected = metric(after, "requests_rejected_total", reason="queue_full") - metric(
+        before, "requests_rejected_total", reason="queue_full"
+    )
     assert rejected == codes.count(429)
 
 
@@ -396,14 +457,20 @@ def test_disconnect_frees_the_slot(small):
     # the stream is closed: the next request can only run once the engine dropped the first one
     assert complete(small, "1+1=", max_tokens=3)["choices"][0]["finish_reason"] == "length"
     after = small.metrics()
-    assert metric(after, "requests_finished_total", reason="cancelled") - \
-        metric(before, "requests_finished_total", reason="cancelled") == 1
+    assert (
+        metric(after, "requests_finished_total", reason="cancelled")
+        - metric(before, "requests_finished_total", reason="cancelled")
+        == 1
+    )
     assert metric(after, "generation_tokens_total") - metric(before, "generation_tokens_total") < 60
     with pytest.raises(httpx.ReadTimeout):  # a non-streaming client that gives up
         small.client.post("/v1/completions", json=body | {"stream": False}, timeout=0.2)
     assert complete(small, "1+1=", max_tokens=3)["choices"][0]["finish_reason"] == "length"
-    assert metric(small.metrics(), "requests_finished_total", reason="cancelled") - \
-        metric(before, "requests_finished_total", reason="cancelled") == 2
+    assert (
+        metric(small.metrics(), "requests_finished_total", reason="cancelled")
+        - metric(before, "requests_finished_total", reason="cancelled")
+        == 2
+    )
 
 
 def test_many_clients_vanishing_mid_stream_leave_nothing_behind(main):
@@ -428,8 +495,9 @@ def test_many_clients_vanishing_mid_stream_leave_nothing_behind(main):
         assert time.time() < deadline, "sequences of vanished clients are still running"
         time.sleep(0.05)
     after = main.metrics()
-    cancelled = metric(after, "requests_finished_total", reason="cancelled") - \
-        metric(before, "requests_finished_total", reason="cancelled")
+    cancelled = metric(after, "requests_finished_total", reason="cancelled") - metric(
+        before, "requests_finished_total", reason="cancelled"
+    )
     assert 0 < cancelled <= 12
     assert complete(main, "1+1=", max_tokens=3)["usage"]["completion_tokens"] == 3
 
@@ -465,8 +533,12 @@ def _free_port() -> int:
 def test_cli_serves_and_drains_on_sigterm(artifact, tmp_path):
     port, log = _free_port(), tmp_path / "server.log"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "slm_toolkit.cli", "serve", str(artifact), "--port", str(port),
-                             "--max-batch-size", "4"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slm_toolkit.cli", "serve", str(artifact), "--port", str(port), "--max-batch-size", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
             deadline = time.time() + 60
@@ -478,8 +550,14 @@ def test_cli_serves_and_drains_on_sigterm(artifact, tmp_path):
                 except httpx.TransportError:
                     pass
                 time.sleep(0.1)
-            body = {"prompt": "1+2=", "max_tokens": 230, "ignore_eos": True, "temperature": 0, "stream": True,
-                    "stream_options": {"include_usage": True}}
+            body = {
+                "prompt": "1+2=",
+                "max_tokens": 230,
+                "ignore_eos": True,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
             with c.stream("POST", "/v1/completions", json=body) as r:
                 lines = r.iter_lines()
                 first = next(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slm_toolkit.accounting import Accountant, forward_flops, rss_bytes, training_flops
+from slm_toolkit.core.accounting import Accountant, forward_flops, rss_bytes, training_flops
 
 
 def test_analytic_flops():

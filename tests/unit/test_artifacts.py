@@ -6,8 +6,14 @@ import os
 
 import pytest
 
-from slm_toolkit.artifacts import (
-    artifact_kind, atomic_dir, hash_folder, read_meta, replace_dir, write_json_atomic, write_meta,
+from slm_toolkit.core.artifacts import (
+    artifact_kind,
+    atomic_dir,
+    hash_folder,
+    read_meta,
+    replace_dir,
+    write_json_atomic,
+    write_meta,
 )
 
 

@@ -11,9 +11,19 @@ from slm_toolkit.bench.metrics import FORMULAS, RequestResult, meets_slo, satura
 
 
 def _req(i, sent, ttft, e2el, out, prompt=10, gaps=None, ok=True, status=200, scheduled=None):
-    return RequestResult(index=i, scheduled_s=sent if scheduled is None else scheduled, sent_s=sent, ok=ok,
-                         status=status, prompt_tokens=prompt if ok else 0, output_tokens=out if ok else 0,
-                         ttft_s=ttft, e2el_s=e2el, itl_s=gaps or [], usage_reported=ok)
+    return RequestResult(
+        index=i,
+        scheduled_s=sent if scheduled is None else scheduled,
+        sent_s=sent,
+        ok=ok,
+        status=status,
+        prompt_tokens=prompt if ok else 0,
+        output_tokens=out if ok else 0,
+        ttft_s=ttft,
+        e2el_s=e2el,
+        itl_s=gaps or [],
+        usage_reported=ok,
+    )
 
 
 def test_tpot_formula():
@@ -86,19 +96,35 @@ def test_formulas_published():
     assert "output tokens - 1" in FORMULAS["tpot"]
 
 
-@pytest.mark.parametrize("bad", [
-    {"concurrency": []}, {"concurrency": [0, 4]}, {"num_requests": 0}, {"warmup": -1},
-    {"dataset": "wiki"}, {"slo": {"latency": 5}}, {"slo": {"ttft": 0}}, {"rate": 0},
-    {"backend": "vllm"}, {"scheduler": "fifo"}, {"unknown": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"concurrency": []},
+        {"concurrency": [0, 4]},
+        {"num_requests": 0},
+        {"warmup": -1},
+        {"dataset": "wiki"},
+        {"slo": {"latency": 5}},
+        {"slo": {"ttft": 0}},
+        {"rate": 0},
+        {"backend": "vllm"},
+        {"scheduler": "fifo"},
+        {"unknown": 1},
+    ],
+)
 def test_config_rejects(bad):
     with pytest.raises(ValueError):
         BenchConfig(**bad)
 
 
 def test_config_accepts_recipe_form():
-    cfg = BenchConfig(backend="onnxruntime", concurrency=[1, 4, 16], num_requests=64,
-                      dataset="prompts.jsonl", slo={"ttft": 500, "tpot": 50})
+    cfg = BenchConfig(
+        backend="onnxruntime",
+        concurrency=[1, 4, 16],
+        num_requests=64,
+        dataset="prompts.jsonl",
+        slo={"ttft": 500, "tpot": 50},
+    )
     assert cfg.concurrency == [1, 4, 16] and cfg.slo == {"ttft": 500.0, "tpot": 50.0}
 
 
@@ -126,8 +152,17 @@ def _fake_send(delay: float, log: list):
         sent = time.perf_counter() - t0
         await asyncio.sleep(delay)
         state["in_flight"] -= 1
-        return RequestResult(index=index, scheduled_s=scheduled_s, sent_s=sent, ok=True, status=200,
-                             output_tokens=2, ttft_s=delay / 2, e2el_s=delay, itl_s=[delay / 2])
+        return RequestResult(
+            index=index,
+            scheduled_s=scheduled_s,
+            sent_s=sent,
+            ok=True,
+            status=200,
+            output_tokens=2,
+            ttft_s=delay / 2,
+            e2el_s=delay,
+            itl_s=[delay / 2],
+        )
 
     return send
 
@@ -157,8 +192,9 @@ def test_open_loop_follows_schedule_and_duration(monkeypatch):
     seen: list[int] = []
     monkeypatch.setattr(load, "send", _fake_send(0.05, seen))
     prompts = [Prompt("x", 2) for _ in range(100)]
-    res, wall = asyncio.run(load.run_level(Endpoint("http://unused"), load.Level(None, rate=50.0), prompts, [], 0,
-                                           duration_s=0.5))
+    res, wall = asyncio.run(
+        load.run_level(Endpoint("http://unused"), load.Level(None, rate=50.0), prompts, [], 0, duration_s=0.5)
+    )
     assert 10 <= len(res) <= 45  # about rate * duration arrivals, the rest never sent
     assert max(seen) > 1  # open loop: arrivals do not wait for completions
     assert all(r.sent_s >= r.scheduled_s - 1e-6 for r in res)
@@ -180,7 +216,7 @@ def test_jsonl_dataset(tmp_path):
 
 def test_random_prompts_exact_token_ids():
     from slm_toolkit.bench.datasets import random_prompts
-    from slm_toolkit.data.tokenizer import build_demo_tokenizer
+    from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 
     tok = build_demo_tokenizer()
     ps = random_prompts(4, 12, 9, seed=1, tokenizer=tok)

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from slm_toolkit.data.config import DataConfig, DemoTaskConfig
-from slm_toolkit.data.demo import DEMO_CHARS, format_example, generate_examples, solve
+from slm_toolkit.demo.task import DEMO_CHARS, format_example, generate_examples, solve
 
 LINE = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+)$")
 
@@ -92,8 +92,16 @@ def test_problems_vary():
 def test_bad_arguments_and_config_values():
     with pytest.raises(ValueError, match="ops"):
         generate_examples(1, 0, 4, 1, "+/", 0)
-    for bad in ({"steps": 0}, {"steps": 17}, {"digits": 5}, {"verify": 5}, {"ops": ""}, {"ops": "+/"},
-                {"ops": "++"}, {"stpes": 4}):
+    for bad in (
+        {"steps": 0},
+        {"steps": 17},
+        {"digits": 5},
+        {"verify": 5},
+        {"ops": ""},
+        {"ops": "+/"},
+        {"ops": "++"},
+        {"stpes": 4},
+    ):
         with pytest.raises(ValidationError):
             DemoTaskConfig(**bad)
     with pytest.raises(ValidationError, match="must be >= 1"):

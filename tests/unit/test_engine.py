@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from slm_toolkit.serving.engine import (Engine, EngineUnavailable, GenRequest, QueueFull, SamplingParams,
-                                        sample_token)
+from slm_toolkit.serving.engine import Engine, EngineUnavailable, GenRequest, QueueFull, SamplingParams, sample_token
 from slm_toolkit.serving.metrics import ServerMetrics
 
 V, EOS = 16, 1
@@ -164,8 +163,9 @@ def test_token_budget_limits_one_step_admission():
     seen.clear()
 
     async def main():
-        return await asyncio.gather(*(run_one(eng, [3] * 4, SamplingParams(max_tokens=4, ignore_eos=True))
-                                      for _ in range(6)))
+        return await asyncio.gather(
+            *(run_one(eng, [3] * 4, SamplingParams(max_tokens=4, ignore_eos=True)) for _ in range(6))
+        )
 
     asyncio.run(main())
     eng.stop()
@@ -223,8 +223,7 @@ def test_a_failing_request_fails_alone(where):
     prompts = [[2, 3], [4], [bad] if where == "prefill" else [5], [6, 6, 6]]
 
     async def main():
-        return await asyncio.gather(*(run_one(eng, p, SamplingParams(max_tokens=6, ignore_eos=True))
-                                      for p in prompts))
+        return await asyncio.gather(*(run_one(eng, p, SamplingParams(max_tokens=6, ignore_eos=True)) for p in prompts))
 
     got = asyncio.run(main())
     eng.stop()
@@ -295,8 +294,10 @@ def test_stop_drains_accepted_requests():
 
     async def main():
         loop = asyncio.get_running_loop()
-        reqs = [GenRequest([2 + i], SamplingParams(max_tokens=8, ignore_eos=True), loop, asyncio.Queue(), 0.0, None)
-                for i in range(5)]
+        reqs = [
+            GenRequest([2 + i], SamplingParams(max_tokens=8, ignore_eos=True), loop, asyncio.Queue(), 0.0, None)
+            for i in range(5)
+        ]
         for r in reqs:
             eng.submit(r)
         await asyncio.to_thread(eng.stop, True, 10)

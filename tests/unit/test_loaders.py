@@ -11,7 +11,9 @@ import pytest
 from slm_toolkit.data.example import Example
 from slm_toolkit.data.loaders import detect_format, load_data, load_jsonl_examples, shared_data_dir
 
-GSM8K = Path(os.environ.get("SLM_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data") / "gsm8k"
+GSM8K = (
+    Path(os.environ.get("SLM_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data") / "gsm8k"
+)
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -98,8 +100,11 @@ def test_think_format_variants(tmp_path):
         {"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "<think>easy</think>2"}]},
     ]
     examples = load_jsonl_examples(write_jsonl(tmp_path / "t.jsonl", rows), "think")
-    assert examples == [Example("2+2?", "2 plus 2 is 4", "4"), Example("3+3?", "3 and 3 make 6", "6"),
-                        Example("1+1?", "easy", "2")]
+    assert examples == [
+        Example("2+2?", "2 plus 2 is 4", "4"),
+        Example("3+3?", "3 and 3 make 6", "6"),
+        Example("1+1?", "easy", "2"),
+    ]
     assert detect_format(rows[0]) == "think" and detect_format(rows[2]) == "think"
     assert load_jsonl_examples(write_jsonl(tmp_path / "a.jsonl", rows[:1]))[0].answer == "4"
 
@@ -123,7 +128,9 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match=r"bad.jsonl:3: not valid JSON"):
         load_jsonl_examples(bad)
     with pytest.raises(ValueError, match=r":2: missing field 'cot' for format 'fields'"):
-        load_jsonl_examples(write_jsonl(tmp_path / "m.jsonl", [fields_rows(1)[0], {"prompt": "p", "answer": "a"}]), "fields")
+        load_jsonl_examples(
+            write_jsonl(tmp_path / "m.jsonl", [fields_rows(1)[0], {"prompt": "p", "answer": "a"}]), "fields"
+        )
     with pytest.raises(ValueError, match="no final '#### x' line"):
         load_jsonl_examples(write_jsonl(tmp_path / "g.jsonl", [{"question": "q", "answer": "no marker"}]), "gsm8k")
     with pytest.raises(ValueError, match="no '</think>'"):

@@ -71,8 +71,17 @@ def test_online_loss_chunked_matches_reference(kind, T, ce):
     weights[1::4] = 2.0  # a heavier segment
     denom = float((weights > 0).sum() + 5)  # global count: other micro-batches exist
     got = distill_loss(
-        hidden, lambda x: x @ head_w.T, OnlineTargets(t_hidden, lambda x: x @ t_head_w.T),
-        labels, weights, denom, kind=kind, temperature=T, param=0.2, ce_weight=ce, vocab=v,
+        hidden,
+        lambda x: x @ head_w.T,
+        OnlineTargets(t_hidden, lambda x: x @ t_head_w.T),
+        labels,
+        weights,
+        denom,
+        kind=kind,
+        temperature=T,
+        param=0.2,
+        ce_weight=ce,
+        vocab=v,
         chunk_size=7,
     )
     ref_h = hidden.detach().clone().requires_grad_(True)
@@ -94,8 +103,16 @@ def test_topk_is_tail_bucketed(kind, T):
     labels = torch.randint(0, v, (n,))
     weights = torch.ones(n, dtype=torch.float64)
     got = distill_loss(
-        s.clone(), lambda x: x, TopKTargets(top, idx), labels, weights, float(n),
-        kind=kind, temperature=T, param=0.4, chunk_size=8,
+        s.clone(),
+        lambda x: x,
+        TopKTargets(top, idx),
+        labels,
+        weights,
+        float(n),
+        kind=kind,
+        temperature=T,
+        param=0.4,
+        chunk_size=8,
     )
     # reference: k + 1 buckets on probabilities, then softened by T on both sides
     p_full, q_full = torch.softmax(t, -1), torch.softmax(s, -1)
@@ -144,8 +161,13 @@ def test_global_normalization_makes_grad_accum_invariant():
 
     def loss(lo, hi):
         return distill_loss(
-            hidden[lo:hi], lambda x: x @ head_w.T, TopKTargets(top[lo:hi], idx[lo:hi]),
-            labels[lo:hi], weights[lo:hi], denom, ce_weight=0.3,
+            hidden[lo:hi],
+            lambda x: x @ head_w.T,
+            TopKTargets(top[lo:hi], idx[lo:hi]),
+            labels[lo:hi],
+            weights[lo:hi],
+            denom,
+            ce_weight=0.3,
         )
 
     loss(0, n).backward()
@@ -159,8 +181,12 @@ def test_global_normalization_makes_grad_accum_invariant():
 def test_no_supervised_tokens_gives_zero_not_nan():
     hidden = torch.randn(0, 4, requires_grad=True)
     out = distill_loss(
-        hidden, lambda x: x @ torch.ones(4, 5), TopKTargets(torch.zeros(0, 2), torch.zeros(0, 2, dtype=torch.long)),
-        torch.zeros(0, dtype=torch.long), torch.zeros(0), 0.0 + 1.0,
+        hidden,
+        lambda x: x @ torch.ones(4, 5),
+        TopKTargets(torch.zeros(0, 2), torch.zeros(0, 2, dtype=torch.long)),
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0),
+        0.0 + 1.0,
     )
     assert out.item() == 0.0
     out.backward()
@@ -178,7 +204,8 @@ def test_chunking_keeps_logits_small():
 
     hidden = torch.randn(100, 8, requires_grad=True)
     top, idx = torch.log_softmax(torch.randn(100, 50), -1).topk(4, -1)
-    loss = distill_loss(hidden, head, TopKTargets(top, idx), torch.zeros(100, dtype=torch.long),
-                        torch.ones(100), 100.0, chunk_size=16)
+    loss = distill_loss(
+        hidden, head, TopKTargets(top, idx), torch.zeros(100, dtype=torch.long), torch.ones(100), 100.0, chunk_size=16
+    )
     loss.backward()
     assert max(seen) <= 16 and len(seen) > 100 // 16

@@ -14,9 +14,11 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 
 def test_every_registered_stage_has_a_test():
-    missing = [f"{name}: {spec.test_module or '(no test_module declared)'}"
-               for name, spec in STAGES.items()
-               if not spec.test_module or not (ROOT / spec.test_module).is_file()]
+    missing = [
+        f"{name}: {spec.test_module or '(no test_module declared)'}"
+        for name, spec in STAGES.items()
+        if not spec.test_module or not (ROOT / spec.test_module).is_file()
+    ]
     assert not missing, "registered stages without their test file:\n  " + "\n  ".join(missing)
 
 

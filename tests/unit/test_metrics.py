@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from slm_toolkit.data.demo import generate_examples
 from slm_toolkit.data.example import COT, Example
 from slm_toolkit.data.segments import prompt_ids, tokenize_example
-from slm_toolkit.data.tokenizer import build_demo_tokenizer
-from slm_toolkit.evaluate import metrics as M
-from slm_toolkit.models.builtin import build_model
+from slm_toolkit.demo.builtin import build_model
+from slm_toolkit.demo.task import generate_examples
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer
+from slm_toolkit.measures import metrics as M
 from slm_toolkit.runtime.torch import TorchGenerator
 
 ARCH = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
@@ -81,9 +81,12 @@ def test_onnx_parameter_count(tmp_path):
     w = numpy_helper.from_array(np.zeros((3, 4), np.float32), "w")
     b = numpy_helper.from_array(np.zeros((4,), np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[w, b])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[w, b],
+    )
     onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
     assert M.onnx_parameter_count(tmp_path) == 16
 

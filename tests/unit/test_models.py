@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from slm_toolkit.data.demo import generate_examples
-from slm_toolkit.data.tokenizer import build_demo_tokenizer
-from slm_toolkit.models import builtin
-from slm_toolkit.models.errors import ModelNotAvailable
+from slm_toolkit.core.errors import ModelNotAvailable
+from slm_toolkit.demo import builtin
+from slm_toolkit.demo.task import generate_examples
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.models.load import load_model
 from slm_toolkit.models.resolve import resolve_model
 
@@ -19,8 +19,7 @@ from slm_toolkit.models.resolve import resolve_model
 @pytest.fixture()
 def tiny_folder(tmp_path):
     tok = build_demo_tokenizer()
-    arch = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                intermediate_size=32)
+    arch = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=32)
     model = builtin.build_model(arch, tok, max_positions=64, seed=0)
     folder = tmp_path / "tiny"
     model.save_pretrained(folder, safe_serialization=True)
@@ -98,12 +97,17 @@ def test_load_refuses_pickle_weights(tiny_folder):
 
 
 # -- builtin ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("task", [dict(steps=4, digits=1, ops="+-", verify=0),
-                                  dict(steps=3, digits=2, ops="+-*", verify=2),
-                                  dict(steps=5, digits=1, ops="*", verify=3)])
+@pytest.mark.parametrize(
+    "task",
+    [
+        dict(steps=4, digits=1, ops="+-", verify=0),
+        dict(steps=3, digits=2, ops="+-*", verify=2),
+        dict(steps=5, digits=1, ops="*", verify=3),
+    ],
+)
 def test_format_example_reproduces_the_demo_task(task):
     """The easy-operand student data uses data.demo.format_example: it must reproduce demo examples exactly."""
-    from slm_toolkit.data.demo import _parse
+    from slm_toolkit.demo.task import _parse
 
     for ex in generate_examples(50, 3, **task):
         first, moves = _parse(ex.prompt)
@@ -111,7 +115,7 @@ def test_format_example_reproduces_the_demo_task(task):
 
 
 def test_easy_examples_cover_every_step_count_with_small_operands():
-    from slm_toolkit.data.demo import _parse, solve
+    from slm_toolkit.demo.task import _parse, solve
 
     exs = builtin.easy_examples(300, 0, steps=4, digits=1, ops="+-", verify=1)
     steps = set()
@@ -135,8 +139,9 @@ def test_recipe_hash_covers_task_and_steps():
 
 @pytest.fixture()
 def small_training(monkeypatch):
-    monkeypatch.setitem(builtin.TRAINING, "arith-student",
-                        dict(builtin.TRAINING["arith-student"], pool=256, batch_size=16, steps=5))
+    monkeypatch.setitem(
+        builtin.TRAINING, "arith-student", dict(builtin.TRAINING["arith-student"], pool=256, batch_size=16, steps=5)
+    )
     monkeypatch.setattr(builtin, "HELDOUT_N", 16)
 
 
@@ -161,14 +166,14 @@ def test_builtin_trains_once_and_round_trips(small_training, monkeypatch):
 
 
 def test_killed_training_leaves_no_cache_entry(small_training, monkeypatch):
-    import slm_toolkit.models.train_lm as train_lm
+    import slm_toolkit.demo.train_lm as train_lm
 
     def crash(*a, **k):
         raise KeyboardInterrupt
 
     import os
 
-    from slm_toolkit import paths
+    from slm_toolkit.core import paths
 
     root = builtin.builtin_recipe("arith-student", {"steps": 1}, 3)
     final = paths.cache_dir() / "builtin" / f"arith-student-{builtin.recipe_hash(root)}"
@@ -184,7 +189,7 @@ def test_killed_training_leaves_no_cache_entry(small_training, monkeypatch):
 
 def test_builtin_sizes():
     tok = build_demo_tokenizer()
-    from slm_toolkit.evaluate.metrics import count_parameters
+    from slm_toolkit.measures.metrics import count_parameters
 
     teacher = count_parameters(builtin.build_model(builtin.ARCH["arith-teacher"], tok, 128, 0))
     student = count_parameters(builtin.build_model(builtin.ARCH["arith-student"], tok, 128, 0))

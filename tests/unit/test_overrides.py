@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from slm_toolkit.cli import app
-from slm_toolkit.errors import RecipeError
+from slm_toolkit.core.errors import RecipeError
 from slm_toolkit.recipe import apply_overrides, load_recipe, parse_recipe
 
 RAW = {
@@ -17,10 +17,18 @@ RAW = {
 
 
 def test_values_are_yaml_scalars_and_paths_nest():
-    raw = apply_overrides(RAW, [
-        "seed=3", "stages.0.distill.truncate.fraction=0.25", "stages.0.distill.supervise=[cot]",
-        "stages.1.evaluate.limit=7", "trust_remote_code=true", "data.task.ops=+-*", "stages.-1.evaluate.reference=null",
-    ])
+    raw = apply_overrides(
+        RAW,
+        [
+            "seed=3",
+            "stages.0.distill.truncate.fraction=0.25",
+            "stages.0.distill.supervise=[cot]",
+            "stages.1.evaluate.limit=7",
+            "trust_remote_code=true",
+            "data.task.ops=+-*",
+            "stages.-1.evaluate.reference=null",
+        ],
+    )
     assert raw["seed"] == 3
     assert raw["stages"][0]["distill"]["truncate"]["fraction"] == 0.25
     assert raw["stages"][0]["distill"]["supervise"] == ["cot"]
@@ -74,7 +82,9 @@ def test_override_values_are_validated_like_the_file(tmp_path):
     path.write_text("name: t\nmodel: m\nstages:\n  - distill: {}\n")
     with pytest.raises(RecipeError) as info:
         load_recipe(path, ["stages.0.distill.truncate.fraction=2"])
-    assert info.value.lines == ["stages[0].distill.truncate.fraction: must be in (0, 1) (omit `truncate` for full sequences)"]
+    assert info.value.lines == [
+        "stages[0].distill.truncate.fraction: must be in (0, 1) (omit `truncate` for full sequences)"
+    ]
     with pytest.raises(RecipeError, match=r"^seed: "):
         load_recipe(path, ["seed=three"])
     assert load_recipe(path, ["stages.0.distill.truncate.fraction=0.25", "seed=3"]).seed == 3

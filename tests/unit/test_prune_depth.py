@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from slm_toolkit.data.demo import generate_examples
-from slm_toolkit.data.tokenizer import build_demo_tokenizer
+from slm_toolkit.demo.task import generate_examples
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.prune.depth import block_distances, check_layers, drop_layers, least_important
 from slm_toolkit.prune.importance import calibration_batches
 
@@ -24,9 +24,18 @@ def batches(tok):
 
 
 def tiny(tok, layers=4):
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).eval()
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from slm_toolkit.data.demo import generate_examples
 from slm_toolkit.data.example import TEMPLATE
 from slm_toolkit.data.segments import tokenize_example
-from slm_toolkit.data.tokenizer import build_demo_tokenizer
+from slm_toolkit.demo.task import generate_examples
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.prune.importance import CRITERIA, calibration_batches, weight_scores
 from slm_toolkit.prune.width import kv_group_scores, lowest, mlp_channel_scores, plan_width, prune_width
 
@@ -26,9 +26,18 @@ def batches(tok):
 
 
 def tiny(tok, intermediate=128, kv=2, heads=4, layers=2, tied=False, seed=0):
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=intermediate, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=128,
-                      tie_word_embeddings=tied, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=128,
+        tie_word_embeddings=tied,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
 
@@ -69,17 +78,29 @@ def test_gqa_head_and_mlp_pruning_equals_masking(tok, batches):
     with torch.no_grad():
         for i, layer in enumerate(masked.model.layers):
             (g,) = lowest(kv_group_scores(scores, f"model.layers.{i}.self_attn", 2, 16), 1)
-            layer.self_attn.o_proj.weight[:, g * 32:(g + 1) * 32] = 0
+            layer.self_attn.o_proj.weight[:, g * 32 : (g + 1) * 32] = 0
             ch = lowest(mlp_channel_scores(scores, f"model.layers.{i}.mlp"), 32)
             layer.mlp.down_proj.weight[:, ch] = 0
     shape = prune_width(model, plan, scores, "magnitude", batches[0].input_ids[:1])
 
-    assert shape == {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
-                     "intermediate_size": 96, "hidden_size": 64}
+    assert shape == {
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "intermediate_size": 96,
+        "hidden_size": 64,
+    }
     for layer in model.model.layers:
         a = layer.self_attn
-        assert (a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features, a.o_proj.in_features) == (32, 16, 16, 32)
-        assert layer.mlp.gate_proj.out_features == layer.mlp.up_proj.out_features == layer.mlp.down_proj.in_features == 96
+        assert (a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features, a.o_proj.in_features) == (
+            32,
+            16,
+            16,
+            32,
+        )
+        assert (
+            layer.mlp.gate_proj.out_features == layer.mlp.up_proj.out_features == layer.mlp.down_proj.in_features == 96
+        )
     assert model.config.num_attention_heads % model.config.num_key_value_heads == 0
     torch.testing.assert_close(logits(model, batches[0]), logits(masked, batches[0]), rtol=1e-5, atol=1e-5)
 
@@ -123,7 +144,8 @@ def test_each_criterion_finds_planted_unimportant_structures(tok, batches, crite
 
 def test_criteria_rank_differently(tok, batches):
     model = tiny(tok)
-    ranks = {c: torch.argsort(mlp_channel_scores(weight_scores(model, c, batches), "model.layers.0.mlp"))
-             for c in CRITERIA}
+    ranks = {
+        c: torch.argsort(mlp_channel_scores(weight_scores(model, c, batches), "model.layers.0.mlp")) for c in CRITERIA
+    }
     assert not torch.equal(ranks["magnitude"], ranks["taylor"])
     assert not torch.equal(ranks["magnitude"], ranks["activation"])

@@ -113,11 +113,13 @@ def test_torch_schemes_need_a_hf_input(scheme):
 
 @pytest.mark.parametrize("scheme", ["int8_weight_only", "bnb_int8"])
 def test_export_or_distill_after_torch_quantization_is_a_recipe_error(tmp_path, scheme):
-    from slm_toolkit.errors import RecipeError
+    from slm_toolkit.core.errors import RecipeError
     from slm_toolkit.recipe import load_recipe
 
-    for later, path in [("export: {format: onnx}", "stages[1].export"),
-                        ("distill: {student: previous}", "stages[1].distill")]:
+    for later, path in [
+        ("export: {format: onnx}", "stages[1].export"),
+        ("distill: {student: previous}", "stages[1].distill"),
+    ]:
         recipe = tmp_path / "r.yaml"
         recipe.write_text(
             "name: q\nmodel: builtin:arith-teacher\nstages:\n"
@@ -148,8 +150,14 @@ def test_nf4_cpu_dims_check_names_the_layers():
 
 
 def _figures(latency, spread=1.0, size=100.0, acc=0.5):
-    return {"bytes": size, "accuracy": acc, "answer_rate": 1.0, "latency_ms_median": latency,
-            "latency_ms_spread": spread, "tok_s": 32 / latency * 1000}
+    return {
+        "bytes": size,
+        "accuracy": acc,
+        "answer_rate": 1.0,
+        "latency_ms_median": latency,
+        "latency_ms_spread": spread,
+        "tok_s": 32 / latency * 1000,
+    }
 
 
 def test_compare_flags_only_clearly_slower_artifacts():

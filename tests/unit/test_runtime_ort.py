@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from slm_toolkit.core.errors import BackendUnavailable
 from slm_toolkit.export.onnx import export_onnx
 from slm_toolkit.runtime.base import GenerationConfig
-from slm_toolkit.runtime.loader import BackendUnavailable, load_generator
+from slm_toolkit.runtime.loader import load_generator
 from slm_toolkit.runtime.onnxruntime import OrtGenerator, load_onnx_generator
 from slm_toolkit.runtime.ort_fused import FusedOrtGenerator
 from slm_toolkit.runtime.torch import TorchGenerator
@@ -20,9 +21,19 @@ GREEDY = GenerationConfig(max_new_tokens=10, ignore_eos=True)
 
 def tiny_llama(head_dim=None) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim or 16,
-                      max_position_embeddings=128, eos_token_id=2, pad_token_id=0, bos_token_id=1)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=head_dim or 16,
+        max_position_embeddings=128,
+        eos_token_id=2,
+        pad_token_id=0,
+        bos_token_id=1,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)  # decisive argmax: no near-ties between backends
@@ -94,8 +105,9 @@ def test_unsliced_graph_gives_same_logits(pair):
     from slm_toolkit.runtime.onnxruntime import _read_json, session_options
 
     _, _, onnx = pair
-    plain = OrtGenerator(ort.InferenceSession(str(onnx / "model.onnx"), session_options(1)),
-                         _read_json(onnx / "config.json"))
+    plain = OrtGenerator(
+        ort.InferenceSession(str(onnx / "model.onnx"), session_options(1)), _read_json(onnx / "config.json")
+    )
     sliced = load_generator(onnx, threads=1)
     assert not plain.sliced and sliced.sliced
     np.testing.assert_allclose(plain.prefill(PROMPTS)[0], sliced.prefill(PROMPTS)[0], atol=1e-5)

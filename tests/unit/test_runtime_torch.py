@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from slm_toolkit.core.errors import BackendUnavailable
 from slm_toolkit.runtime.base import GenerationConfig
-from slm_toolkit.runtime.loader import BackendUnavailable, detect_kind, load_generator
+from slm_toolkit.runtime.loader import detect_kind, load_generator
 from slm_toolkit.runtime.torch import TorchGenerator
 
 VOCAB, EOS, PAD = 48, 2, 0
@@ -16,9 +17,18 @@ VOCAB, EOS, PAD = 48, 2, 0
 
 def tiny_llama(seed: int = 0, **kw) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-               eos_token_id=EOS, pad_token_id=PAD, bos_token_id=1)
+    cfg = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        bos_token_id=1,
+    )
     cfg.update(kw)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
     with torch.no_grad():  # a larger output scale makes argmax decisive (no near-ties)
@@ -35,9 +45,10 @@ def gen() -> TorchGenerator:
 
 
 def hf_greedy(model, prompt, n):
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, min_new_tokens=n,
-                         pad_token_id=PAD, eos_token_id=EOS)
-    return out[0, len(prompt):].tolist()
+    out = model.generate(
+        torch.tensor([prompt]), max_new_tokens=n, do_sample=False, min_new_tokens=n, pad_token_id=PAD, eos_token_id=EOS
+    )
+    return out[0, len(prompt) :].tolist()
 
 
 def test_batched_greedy_equals_one_at_a_time(gen):
@@ -128,11 +139,14 @@ def test_sampling_is_seeded_and_top_p_tiny_is_greedy(gen):
     cfg = GenerationConfig(max_new_tokens=8, temperature=1.5, seed=7, ignore_eos=True)
     a = gen.generate(PROMPTS, cfg)
     assert a == gen.generate(PROMPTS, cfg)
-    others = [gen.generate(PROMPTS, GenerationConfig(max_new_tokens=8, temperature=1.5, seed=s, ignore_eos=True))
-              for s in range(1, 4)]
+    others = [
+        gen.generate(PROMPTS, GenerationConfig(max_new_tokens=8, temperature=1.5, seed=s, ignore_eos=True))
+        for s in range(1, 4)
+    ]
     assert any(o != a for o in others)
-    nucleus = gen.generate(PROMPTS, GenerationConfig(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=3,
-                                                     ignore_eos=True))
+    nucleus = gen.generate(
+        PROMPTS, GenerationConfig(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=3, ignore_eos=True)
+    )
     assert nucleus == gen.generate(PROMPTS, GenerationConfig(max_new_tokens=8, ignore_eos=True))
 
 

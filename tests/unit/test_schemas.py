@@ -8,8 +8,13 @@ import pytest
 from pydantic import ValidationError
 
 from slm_toolkit.serving.config import ServeConfig, load_serve_config
-from slm_toolkit.serving.schemas import (ChatCompletionRequest, CompletionRequest, RequestError, ScoreRequest,
-                                         parse_request)
+from slm_toolkit.serving.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    RequestError,
+    ScoreRequest,
+    parse_request,
+)
 from slm_toolkit.serving.text import TextAssembler
 
 
@@ -18,7 +23,9 @@ def parse(model, body) -> object:
 
 
 def test_valid_requests_and_defaults():
-    r = parse(CompletionRequest, {"prompt": "hi", "stop": "\n", "stream": True, "stream_options": {"include_usage": True}})
+    r = parse(
+        CompletionRequest, {"prompt": "hi", "stop": "\n", "stream": True, "stream_options": {"include_usage": True}}
+    )
     assert r.max_tokens == 16 and r.temperature == 1.0 and r.stop_list() == ["\n"] and r.include_usage()
     c = parse(ChatCompletionRequest, {"messages": [{"role": "user", "content": "x"}], "temperature": 0})
     assert c.max_tokens is None and c.temperature == 0.0 and not c.include_usage()
@@ -26,18 +33,21 @@ def test_valid_requests_and_defaults():
     assert parse(ScoreRequest, {"prompt": "a", "candidates": ["b", "c"]}).candidates == ["b", "c"]
 
 
-@pytest.mark.parametrize("body, param, words", [
-    (b"{", None, "not valid JSON"),
-    (b"[]", None, "JSON object"),
-    ({"prompt": "a", "max_tokens": "3"}, "max_tokens", "valid integer"),
-    ({"prompt": "a", "temperature": 2.5}, "temperature", "less than or equal to 2"),
-    ({"prompt": "a", "top_p": 0}, "top_p", "greater than 0"),
-    ({"prompt": "a", "nonsense": 1}, "nonsense", "unknown or unsupported field"),
-    ({"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream"),
-    ({"prompt": "a", "max_tokens": 2, "min_tokens": 3}, "min_tokens", "<= max_tokens"),
-    ({"prompt": ""}, "prompt", "must not be empty"),
-    ({"prompt": "a", "stop": ["x"] * 17}, "stop", "at most 16"),
-])
+@pytest.mark.parametrize(
+    "body, param, words",
+    [
+        (b"{", None, "not valid JSON"),
+        (b"[]", None, "JSON object"),
+        ({"prompt": "a", "max_tokens": "3"}, "max_tokens", "valid integer"),
+        ({"prompt": "a", "temperature": 2.5}, "temperature", "less than or equal to 2"),
+        ({"prompt": "a", "top_p": 0}, "top_p", "greater than 0"),
+        ({"prompt": "a", "nonsense": 1}, "nonsense", "unknown or unsupported field"),
+        ({"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream"),
+        ({"prompt": "a", "max_tokens": 2, "min_tokens": 3}, "min_tokens", "<= max_tokens"),
+        ({"prompt": ""}, "prompt", "must not be empty"),
+        ({"prompt": "a", "stop": ["x"] * 17}, "stop", "at most 16"),
+    ],
+)
 def test_bad_requests_name_the_field(body, param, words):
     with pytest.raises(RequestError) as info:
         parse(CompletionRequest, body)
@@ -105,13 +115,17 @@ def _trained_tokenizers():
     leading space of a window) trained on a few GSM8K-like lines with non-ASCII text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    lines = ["Natalia sold clips to 48 of her friends in April, and then half as many in May.",
-             "Weng earns $12 an hour for babysitting — café prices: 5€ each, naïve résumé ✓ 😀.",
-             "How many clips did Natalia sell altogether in April and May? #### 72"] * 20
+    lines = [
+        "Natalia sold clips to 48 of her friends in April, and then half as many in May.",
+        "Weng earns $12 an hour for babysitting — café prices: 5€ each, naïve résumé ✓ 😀.",
+        "How many clips did Natalia sell altogether in April and May? #### 72",
+    ] * 20
     byte = Tokenizer(models.BPE())
     byte.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     byte.decoder = decoders.ByteLevel()
-    byte.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    byte.train_from_iterator(
+        lines, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
     meta = Tokenizer(models.BPE(unk_token="<unk>"))
     meta.pre_tokenizer = pre_tokenizers.Metaspace()
     meta.decoder = decoders.Metaspace()

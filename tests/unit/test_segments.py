@@ -10,7 +10,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from slm_toolkit.data.answers import is_correct, normalize_answer
-from slm_toolkit.data.demo import generate_examples
 from slm_toolkit.data.example import ANSWER, COT, PROMPT, TEMPLATE, Example
 from slm_toolkit.data.loaders import load_jsonl_examples
 from slm_toolkit.data.segments import (
@@ -23,9 +22,12 @@ from slm_toolkit.data.segments import (
     tokenize_example,
     tokenize_examples,
 )
-from slm_toolkit.data.tokenizer import build_demo_tokenizer, train_bpe_tokenizer
+from slm_toolkit.demo.task import generate_examples
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer, train_bpe_tokenizer
 
-GSM8K = Path(os.environ.get("SLM_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data") / "gsm8k"
+GSM8K = (
+    Path(os.environ.get("SLM_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data") / "gsm8k"
+)
 TINY_CHAT = (
     "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]\n{{ m['content'] }}"
     "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
@@ -111,7 +113,9 @@ def test_chat_template_that_drops_reasoning_falls_back_to_the_generation_prompt(
     t = tokenize_example(tok, ex)
     assert tok.decode(t.ids) == "<bos>1+1=<think>1+1=2</think>2<eos>"
     assert_segments_exact(tok, [ex], [t])
-    tok.chat_template = "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    )
     with pytest.raises(ValueError, match="prompt exactly once"):
         tokenize_example(tok, ex)
 
@@ -120,9 +124,15 @@ def test_tokenizer_without_think_tokens_writes_them_as_template_text():
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(["a b c <think> </think>"], trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|end|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|end|>", model_input_names=["input_ids", "attention_mask"])
+    raw.train_from_iterator(
+        ["a b c <think> </think>"],
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|end|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw, eos_token="<|end|>", model_input_names=["input_ids", "attention_mask"]
+    )
     ex = Example("q?", "because", "a")
     t = tokenize_example(tok, ex)
     assert_segments_exact(tok, [ex], [t])

@@ -6,10 +6,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from slm_toolkit.data.tokenizer import build_demo_tokenizer
+from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.distill.batching import sequence_key
 from slm_toolkit.distill.teacher_cache import (
-    TeacherCacheMismatch, cache_folder, fill_cache, open_cache, tokenizer_hash,
+    TeacherCacheMismatch,
+    cache_folder,
+    fill_cache,
+    open_cache,
+    tokenizer_hash,
 )
 
 
@@ -17,14 +21,23 @@ from slm_toolkit.distill.teacher_cache import (
 def teacher():
     torch.manual_seed(0)
     tok = build_demo_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).eval(), tok
 
 
 def _seqs(n, start=1):
     g = torch.Generator().manual_seed(start)
-    out = [torch.randint(6, 27, (int(torch.randint(4, 12, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    out = [
+        torch.randint(6, 27, (int(torch.randint(4, 12, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
+    ]
     return {sequence_key(s): s for s in out}
 
 
@@ -35,8 +48,12 @@ def test_cache_holds_the_exact_top_k_and_is_reused(teacher, tmp_path):
     seqs = _seqs(7)
     forwarded = fill_cache(cache, model, seqs, vocab=vocab, pad_id=0, batch_size=3, shard_sequences=4, progress=False)
     assert forwarded >= sum(len(s) for s in seqs.values())
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".lock", "meta.json", "shard-00000.safetensors",
-                                                                     "shard-00001.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        ".lock",
+        "meta.json",
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]
     key, ids = next(iter(seqs.items()))
     lp, ix = cache.sequence(key)
     with torch.no_grad():

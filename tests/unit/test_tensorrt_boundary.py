@@ -14,21 +14,25 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from slm_toolkit.core.errors import BackendUnavailable
 from slm_toolkit.export import tensorrt as trt_export
 from slm_toolkit.export.config import ExportConfig, tensorrt_unavailable_reason
-from slm_toolkit.runtime.loader import BackendUnavailable, load_generator
+from slm_toolkit.runtime.loader import load_generator
 
 
 def decoder_onnx(path: Path, head_dim: int | str = 8, kv_heads: int = 2) -> Path:
     """A graph with an optimum decoder's inputs (the body does not matter on our side)."""
     tokens = ["batch_size", "sequence_length"]
     cache = ["batch_size", kv_heads, "past_sequence_length", head_dim]
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, tokens)
-              for n in ("input_ids", "attention_mask", "position_ids")]
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, tokens)
+        for n in ("input_ids", "attention_mask", "position_ids")
+    ]
     past = [f"past_key_values.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
     inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, cache) for n in past]
-    outputs = [helper.make_tensor_value_info(n.replace("past_key_values", "present"), TensorProto.FLOAT, cache)
-               for n in past]
+    outputs = [
+        helper.make_tensor_value_info(n.replace("past_key_values", "present"), TensorProto.FLOAT, cache) for n in past
+    ]
     nodes = [helper.make_node("Identity", [n], [n.replace("past_key_values", "present")]) for n in past]
     onnx.save(helper.make_model(helper.make_graph(nodes, "g", inputs, outputs)), str(path))
     return path
@@ -100,6 +104,7 @@ def test_build_without_tensorrt_names_it(tmp_path, monkeypatch):
 
 def fake_tensorrt(record: dict) -> types.ModuleType:
     """A stand-in with TensorRT's API shape that records what the builder is asked to do."""
+
     class Profile:
         def __init__(self):
             self.shapes = {}
@@ -157,8 +162,7 @@ def test_build_engine_drives_the_builder(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(record))
     monkeypatch.setattr(trt_export, "require_cuda", lambda: None)
     onnx_path = decoder_onnx(tmp_path / "m.onnx")
-    out = trt_export.build_engine(onnx_path, tmp_path / "model.engine", "fp8", (1, 2, 8), (1, 32, 256),
-                                  workspace_gb=1)
+    out = trt_export.build_engine(onnx_path, tmp_path / "model.engine", "fp8", (1, 2, 8), (1, 32, 256), workspace_gb=1)
     assert out.read_bytes() == b"ENGINE"
     assert record["parsed"] == str(onnx_path)
     assert record["flags"] == ["FP16", "FP8"] and record["workspace"] == 1 << 30

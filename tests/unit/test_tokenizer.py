@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from slm_toolkit.data.demo import DEMO_CHARS, generate_examples
-from slm_toolkit.data.tokenizer import SPECIAL_TOKENS, build_demo_tokenizer, train_bpe_tokenizer
+from slm_toolkit.demo.task import generate_examples
+from slm_toolkit.demo.tokenizer import SPECIAL_TOKENS, build_demo_tokenizer, train_bpe_tokenizer
 
 
 def test_demo_tokenizer_is_character_level_and_round_trips():

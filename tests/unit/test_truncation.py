@@ -85,7 +85,9 @@ def _lens(mb):
 
 
 def test_examples_cut_to_nothing_contribute_nothing_and_are_counted():
-    exs = [example(3, 6, 2, start=100 * i) for i in range(4)] + [example(20, 2, 1, start=1000 + 100 * i) for i in range(4)]
+    exs = [example(3, 6, 2, start=100 * i) for i in range(4)] + [
+        example(20, 2, 1, start=1000 + 100 * i) for i in range(4)
+    ]
     steps = _plan(exs, fraction=0.5, batch_size=8, weight_table={A: 1.0})  # answers are all cut away
     (step,) = steps
     assert step.empty == 8 and step.denom == 0

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from slm_toolkit.data.demo import DEMO_CHARS
+from slm_toolkit.demo.task import DEMO_CHARS
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"

@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from slm_toolkit.data.example import ANSWER, COT, PROMPT, Example
 

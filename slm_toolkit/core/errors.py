@@ -33,6 +33,17 @@ class StageFailed(Exception):
         super().__init__(f"stage {index:02d}-{name} failed: {message}")
 
 
+class ModelNotAvailable(Exception):
+    """A model spec (builtin name, local folder, hub id, GGUF file) cannot be turned into a loadable folder.
+
+    The message names the spec and says what is missing and what to do about it.
+    """
+
+
+class BackendUnavailable(Exception):
+    """The requested runtime backend cannot run this artifact here; the message says why and what to do."""
+
+
 Loc = tuple[int | str, ...]
 
 
@@ -114,9 +125,7 @@ def _message(err: dict[str, Any]) -> str:
         return "required key is missing"
     msg = re.sub(r"Input should be a valid dictionary or instance of \w+", "must be a mapping", msg)
     value = err.get("input")
-    if err.get("type") not in ("value_error", "assertion_error") and isinstance(
-        value, (str, int, float, bool)
-    ):
+    if err.get("type") not in ("value_error", "assertion_error") and isinstance(value, (str, int, float, bool)):
         shown = repr(value)
         if len(shown) <= 40:
             msg += f" (got {shown})"

@@ -87,8 +87,15 @@ class Accountant:
 
     def state(self) -> dict[str, float]:
         """Counters to checkpoint (so a resumed run reports the whole run's totals)."""
-        keys = ("student_tokens", "student_train_tokens", "teacher_tokens", "generated_tokens",
-                "supervised_tokens", "examples", "empty_examples")
+        keys = (
+            "student_tokens",
+            "student_train_tokens",
+            "teacher_tokens",
+            "generated_tokens",
+            "supervised_tokens",
+            "examples",
+            "empty_examples",
+        )
         return {k: getattr(self, k) for k in keys} | {"wall_time_s": self.elapsed()}
 
     def restore(self, state: dict[str, float]) -> None:
@@ -99,7 +106,8 @@ class Accountant:
     def metrics(self) -> dict[str, float]:
         wall = self.elapsed()
         s_flops = training_flops(self.student_params, self.student_train_tokens) + forward_flops(
-            self.student_params, self.student_tokens - self.student_train_tokens + self.generated_tokens)
+            self.student_params, self.student_tokens - self.student_train_tokens + self.generated_tokens
+        )
         t_flops = forward_flops(self.teacher_params, self.teacher_tokens)
         out = {
             "tokens_student": float(self.student_tokens),
@@ -119,8 +127,11 @@ class Accountant:
     def memory(self) -> dict[str, float]:
         self.sample()
         mb = 1024.0 * 1024.0
-        out = {"peak_rss_mb": self._rss_peak / mb, "peak_memory_mb": (self._rss_peak - self._rss0) / mb,
-               "activation_mb": self._act_peak / mb}
+        out = {
+            "peak_rss_mb": self._rss_peak / mb,
+            "peak_memory_mb": (self._rss_peak - self._rss0) / mb,
+            "activation_mb": self._act_peak / mb,
+        }
         if self.device.startswith("cuda"):
             import torch
 

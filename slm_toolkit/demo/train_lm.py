@@ -7,7 +7,7 @@ read, and keeps the recipe (steps, batch, lr, seed) fully explicit for the cache
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from slm_toolkit.data.example import TokenizedExample
 

@@ -87,7 +87,7 @@ def read_meta(folder: Path | str) -> dict[str, Any]:
 
 
 def artifact_kind(folder: Path | str) -> str:
-    """"hf", "onnx" or "tensorrt": from slm_meta.json when present, else from the files."""
+    """ "hf", "onnx" or "tensorrt": from slm_meta.json when present, else from the files."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"artifact folder not found: {folder}")
@@ -157,8 +157,8 @@ def replace_dir(src: Path, final: Path) -> None:
 def atomic_dir(final: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success rename it to `final`, on error remove it.
 
-        with atomic_dir(run / "03-export") as tmp:
-            write files into tmp
+    with atomic_dir(run / "03-export") as tmp:
+        write files into tmp
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from slm_toolkit.errors import RecipeError, format_path
+from slm_toolkit.core.errors import RecipeError, format_path
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -33,10 +33,7 @@ def _check_duplicates(node: yaml.Node, path: list[int | str], lines: list[str]) 
             key = _key_text(key_node)
             line = key_node.start_mark.line + 1
             if key is not None and key in seen:
-                lines.append(
-                    f"{format_path([*path, key])}: duplicate key "
-                    f"(line {line}; first at line {seen[key]})"
-                )
+                lines.append(f"{format_path([*path, key])}: duplicate key (line {line}; first at line {seen[key]})")
             elif key is not None:
                 seen[key] = line
             _check_duplicates(value_node, [*path, key if key is not None else "?"], lines)

@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slm_toolkit.data.demo import format_example
+from slm_toolkit.core.errors import ModelNotAvailable
 from slm_toolkit.data.example import PROMPT, Example
-from slm_toolkit.models.errors import ModelNotAvailable
+from slm_toolkit.demo.task import format_example
 
 CODE_VERSION = 1  # bump when training code changes what a recipe produces
 # PROMPT_LOSS_NOTE: the builtins are trained to predict everything after the prompt (template,
@@ -45,10 +45,12 @@ HELDOUT_SEED = 1_000_003  # held-out problems for the accuracy stored in slm_met
 HELDOUT_N = 256
 
 ARCH = {
-    "arith-teacher": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                          num_key_value_heads=2, intermediate_size=512),
-    "arith-student": dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                          num_key_value_heads=2, intermediate_size=256),
+    "arith-teacher": dict(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512
+    ),
+    "arith-student": dict(
+        hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256
+    ),
 }
 TRAINING = {
     "arith-teacher": dict(data="task", steps=600, batch_size=64, lr=3e-3, pool=40_000),
@@ -61,8 +63,9 @@ def builtin_recipe(name: str, task: dict, steps: int | None = None) -> dict[str,
     from slm_toolkit.data.config import DemoTaskConfig
 
     if name not in ARCH:
-        raise ModelNotAvailable(f"unknown builtin model 'builtin:{name}'; choose one of "
-                                + ", ".join(f"builtin:{n}" for n in ARCH))
+        raise ModelNotAvailable(
+            f"unknown builtin model 'builtin:{name}'; choose one of " + ", ".join(f"builtin:{n}" for n in ARCH)
+        )
     knobs = DemoTaskConfig(**(task or {})).model_dump()
     training = dict(TRAINING[name], seed=TRAIN_SEED)
     if steps is not None:
@@ -80,8 +83,8 @@ def builtin_model(name: str, *, task: dict, seed: int = 0, progress: bool = True
     `seed` is accepted for the resolve_model signature and ignored (see the module doc);
     `steps` overrides the training steps (tests), which changes the cache key.
     """
-    from slm_toolkit import paths
-    from slm_toolkit.artifacts import atomic_dir
+    from slm_toolkit.core import paths
+    from slm_toolkit.core.artifacts import atomic_dir
 
     recipe = builtin_recipe(name, task, steps)
     final = paths.cache_dir() / "builtin" / f"{name}-{recipe_hash(recipe)}"
@@ -91,8 +94,12 @@ def builtin_model(name: str, *, task: dict, seed: int = 0, progress: bool = True
     if progress:
         import sys
 
-        print(f"builtin:{name}: first use for task {recipe['task']}: training it "
-              f"({recipe['training']['steps']} steps; cached in {final})", file=sys.stderr, flush=True)
+        print(
+            f"builtin:{name}: first use for task {recipe['task']}: training it "
+            f"({recipe['training']['steps']} steps; cached in {final})",
+            file=sys.stderr,
+            flush=True,
+        )
     with atomic_dir(final) as tmp:
         _train_into(recipe, tmp, progress)
     return final
@@ -131,12 +138,12 @@ def _train_into(recipe: dict[str, Any], out: Path, progress: bool) -> None:
     """Train the builtin described by `recipe` and save it, with its figures, into `out`."""
     import torch
 
-    from slm_toolkit.artifacts import write_meta
-    from slm_toolkit.data.demo import generate_examples
+    from slm_toolkit.core.artifacts import write_meta
     from slm_toolkit.data.segments import tokenize_examples
-    from slm_toolkit.data.tokenizer import build_demo_tokenizer
-    from slm_toolkit.evaluate.metrics import count_parameters, exact_match, generation_budget
-    from slm_toolkit.models.train_lm import train_causal_lm
+    from slm_toolkit.demo.task import generate_examples
+    from slm_toolkit.demo.tokenizer import build_demo_tokenizer
+    from slm_toolkit.demo.train_lm import train_causal_lm
+    from slm_toolkit.measures.metrics import count_parameters, exact_match, generation_budget
     from slm_toolkit.runtime.torch import TorchGenerator
 
     task, tr = recipe["task"], recipe["training"]
@@ -148,8 +155,15 @@ def _train_into(recipe: dict[str, Any], out: Path, progress: bool) -> None:
     sequences = tokenize_examples(tokenizer, pool)
     t0, cpu0 = time.perf_counter(), time.process_time()
     losses = train_causal_lm(
-        model, sequences, pad_id=tokenizer.pad_token_id, steps=tr["steps"], batch_size=tr["batch_size"],
-        lr=tr["lr"], seed=tr["seed"], progress=progress, desc=f"train builtin:{recipe['name']}",
+        model,
+        sequences,
+        pad_id=tokenizer.pad_token_id,
+        steps=tr["steps"],
+        batch_size=tr["batch_size"],
+        lr=tr["lr"],
+        seed=tr["seed"],
+        progress=progress,
+        desc=f"train builtin:{recipe['name']}",
         skip_segments=(PROMPT,),  # see PROMPT_LOSS_NOTE
     )
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
@@ -158,11 +172,25 @@ def _train_into(recipe: dict[str, Any], out: Path, progress: bool) -> None:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     final_loss = sum(losses[-50:]) / len(losses[-50:])
-    metrics = {"accuracy": quality["accuracy"], "answer_rate": quality["answer_rate"],
-               "params": float(count_parameters(model)), "train_seconds": seconds, "train_cpu_seconds": cpu_seconds,
-               "train_threads": float(torch.get_num_threads()), "final_loss": final_loss}
-    write_meta(out, kind="hf", stage="builtin", parent=None, task=task, builtin=recipe, metrics=metrics,
-               heldout={"n": HELDOUT_N, "seed": HELDOUT_SEED})
+    metrics = {
+        "accuracy": quality["accuracy"],
+        "answer_rate": quality["answer_rate"],
+        "params": float(count_parameters(model)),
+        "train_seconds": seconds,
+        "train_cpu_seconds": cpu_seconds,
+        "train_threads": float(torch.get_num_threads()),
+        "final_loss": final_loss,
+    }
+    write_meta(
+        out,
+        kind="hf",
+        stage="builtin",
+        parent=None,
+        task=task,
+        builtin=recipe,
+        metrics=metrics,
+        heldout={"n": HELDOUT_N, "seed": HELDOUT_SEED},
+    )
 
 
 def _max_positions(longest: int) -> int:
@@ -174,7 +202,7 @@ def _max_positions(longest: int) -> int:
 
 
 def _training_examples(kind: str, n: int, seed: int, task: dict[str, Any]) -> list[Example]:
-    from slm_toolkit.data.demo import generate_examples
+    from slm_toolkit.demo.task import generate_examples
 
     if kind == "task":
         return generate_examples(n, seed, **task)
@@ -186,7 +214,7 @@ def easy_examples(n: int, seed: int, steps: int, digits: int, ops: str, verify: 
     """Examples in exactly the demo task's format, at every step count 1..steps, whose operands
     after the first are only 0-2 (1-2 for `*`): the whole output format, little arithmetic.
 
-    Only the operands are drawn here (slm_toolkit.data.demo draws them uniformly and has no knob
+    Only the operands are drawn here (slm_toolkit.demo.task draws them uniformly and has no knob
     for their range); the text comes from demo's own `format_example`, so the formats cannot drift.
     """
     rng = random.Random(seed)
@@ -217,5 +245,3 @@ def _apply(a: int, op: str, b: int) -> int:
     if op == "-":
         return a - b
     return a * b if op == "*" else a // b
-
-
