@@ -63,7 +63,7 @@ def hf_model(name: str, out: Path) -> Path:
 
 def onnx_variants(hf: Path, root: Path) -> dict[str, Path]:
     """{"fp32": folder, "int8": folder, "int4": folder} of ONNX exports of `hf`."""
-    from slm_toolkit.export.onnx import export_onnx
+    from slm_toolkit.models.onnx_export import export_onnx
     from slm_toolkit.quantize.ort import quantize_onnx
 
     out = {"fp32": root / "onnx_fp32", "int8": root / "onnx_int8", "int4": root / "onnx_int4"}

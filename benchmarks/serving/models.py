@@ -98,7 +98,7 @@ def onnx(folder: Path) -> Path:
     out = folder.with_name(folder.name + "-onnx")
     if out.is_dir():
         return out
-    from slm_toolkit.export.onnx import export_onnx
+    from slm_toolkit.models.onnx_export import export_onnx
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

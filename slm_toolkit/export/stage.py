@@ -13,13 +13,12 @@ save     slm_meta.json with the metrics; a section for the run report
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from slm_toolkit.export.config import ExportConfig, output_kind
+from slm_toolkit.measures.latency import interleaved_latency
+from slm_toolkit.measures.parity import parity
 from slm_toolkit.stage import StageInput, StageOutput
 
 LATENCY_NEW_TOKENS = 32
@@ -69,7 +68,7 @@ def run(cfg: ExportConfig, inp: StageInput) -> StageOutput:
 
 
 def export_model(cfg: ExportConfig, src: Path, dst: Path, device: str, prompts: list[list[int]]) -> None:
-    from slm_toolkit.export.onnx import copy_tokenizer, export_onnx
+    from slm_toolkit.models.onnx_export import copy_tokenizer, export_onnx
 
     if cfg.format == "onnx":
         export_onnx(src, dst, opset=cfg.opset, optimize=cfg.optimize)
@@ -117,30 +116,6 @@ def open_pair(src: Path, dst: Path, kind: str, device: str) -> tuple[Any, Any]:
     return reference, exported
 
 
-def parity(reference: Any, exported: Any, prompts: Sequence[Sequence[int]], new_tokens: int) -> dict[str, float]:
-    """Compare logits at prefill and each decode step (both fed the reference's greedy tokens)."""
-    lr, sr = reference.prefill(prompts)
-    le, se = exported.prefill(prompts)
-    worst = float(np.abs(lr - le).max())
-    agree = np.ones(len(prompts), dtype=bool)
-    for step in range(new_tokens):
-        tokens = lr.argmax(-1)
-        agree &= tokens == le.argmax(-1)
-        if step == new_tokens - 1:
-            break
-        lr, sr = reference.decode_step(tokens.tolist(), sr)
-        le, se = exported.decode_step(tokens.tolist(), se)
-        worst = max(worst, float(np.abs(lr - le).max()))
-    scale = float(np.abs(lr).max()) or 1.0
-    return {
-        "parity_max_abs_logit_diff": worst,
-        "parity_rel_logit_diff": worst / scale,
-        "parity_token_agreement": float(agree.mean()),
-        "parity_prompts": float(len(prompts)),
-        "parity_new_tokens": float(new_tokens),
-    }
-
-
 def gate(metrics: dict[str, float], atol: float, min_agreement: float) -> None:
     diff, agreement = metrics["parity_max_abs_logit_diff"], metrics["parity_token_agreement"]
     if diff > atol or agreement < min_agreement:
@@ -152,10 +127,10 @@ def gate(metrics: dict[str, float], atol: float, min_agreement: float) -> None:
 
 
 def measure(reference: Any, exported: Any, prompt: list[int], folder: Path) -> dict[str, float]:
-    from slm_toolkit.measures.metrics import bytes_on_disk, decode_latency
+    from slm_toolkit.measures.metrics import bytes_on_disk
 
-    ref = decode_latency(reference, prompt, LATENCY_NEW_TOKENS, repeats=LATENCY_REPEATS, warmup=1)
-    exp = decode_latency(exported, prompt, LATENCY_NEW_TOKENS, repeats=LATENCY_REPEATS, warmup=1)
+    speed = interleaved_latency({"ref": reference, "exp": exported}, prompt, LATENCY_NEW_TOKENS, LATENCY_REPEATS)
+    ref, exp = speed["ref"], speed["exp"]
     return {
         "bytes": float(bytes_on_disk(folder)),
         "latency_ms_median": exp["latency_ms_median"],

@@ -15,13 +15,14 @@ measure  parameters and bytes before/after, exact-match accuracy before/after (h
 from __future__ import annotations
 
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from slm_toolkit.measures.latency import interleaved_latency
+from slm_toolkit.measures.parity import parity
 from slm_toolkit.prune.config import PruneConfig
 from slm_toolkit.stage import StageInput, StageOutput
 
@@ -180,11 +181,10 @@ def reload_gate(model: Any, folder: Path, batch: Any) -> tuple[Any, float]:
 
 
 def onnx_gate(reloaded: Any, folder: Path, tokenizer: Any, examples: list) -> dict[str, float]:
-    """Export to ONNX (optimum, via export/onnx.py) in a hidden scratch folder and require the same greedy
+    """Export to ONNX (optimum, via models/onnx_export.py) in a hidden scratch folder and require the same greedy
     tokens as PyTorch on a few prompts (the export stage's parity check). The scratch is removed."""
     from slm_toolkit.data.segments import prompt_ids
-    from slm_toolkit.export.onnx import export_onnx
-    from slm_toolkit.export.stage import parity
+    from slm_toolkit.models.onnx_export import export_onnx
     from slm_toolkit.runtime.loader import load_generator
     from slm_toolkit.runtime.torch import TorchGenerator
 
@@ -221,7 +221,8 @@ def quality_and_speed(src: Path, pruned: Any, tokenizer: Any, examples: list, de
     q0 = exact_match(before, tokenizer, examples, budget)
     q1 = exact_match(after, tokenizer, examples, budget)
     prompt = prompt_ids(tokenizer, examples[0].prompt)
-    t0, t1 = interleaved_latency(before, after, prompt)
+    speed = interleaved_latency({"input": before, "pruned": after}, prompt, LATENCY_NEW_TOKENS, LATENCY_ROUNDS)
+    t0, t1 = speed["input"]["latency_ms_median"], speed["pruned"]["latency_ms_median"]
     return {
         "input_accuracy": q0["accuracy"],
         "accuracy": q1["accuracy"],
@@ -231,21 +232,6 @@ def quality_and_speed(src: Path, pruned: Any, tokenizer: Any, examples: list, de
         "latency_ms_median": t1,
         "speedup": t0 / t1 if t1 else 0.0,
     }
-
-
-def interleaved_latency(
-    a: Any, b: Any, prompt: list[int], rounds: int = LATENCY_ROUNDS, new_tokens: int = LATENCY_NEW_TOKENS
-) -> tuple[float, float]:
-    """Median batch-1 decode latency (ms) of generators a and b, alternating one run each per round."""
-    from slm_toolkit.measures.metrics import decode_latency
-
-    times: tuple[list[float], list[float]] = ([], [])
-    for r in range(rounds):
-        for gen, out in ((a, times[0]), (b, times[1])):
-            out.append(
-                decode_latency(gen, prompt, new_tokens, repeats=1, warmup=1 if r == 0 else 0)["latency_ms_median"]
-            )
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def report_md(cfg: PruneConfig, m: dict[str, float], dropped: list[int]) -> str:

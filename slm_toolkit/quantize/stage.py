@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from slm_toolkit.measures.latency import interleaved_latency
 from slm_toolkit.quantize.config import QuantizeConfig, output_kind
 from slm_toolkit.stage import StageInput, StageOutput
 
@@ -56,7 +57,9 @@ def run(cfg: QuantizeConfig, inp: StageInput) -> StageOutput:
     # measure (the quantized model is reopened from disk)
     t1 = time.perf_counter()
     generators = {"input": open_generator(src, inp.device), "output": open_generator(dst, inp.device)}
-    latency = interleaved_latency(generators, prompt_ids(tokenizer, examples[0].prompt))
+    latency = interleaved_latency(
+        generators, prompt_ids(tokenizer, examples[0].prompt), LATENCY_NEW_TOKENS, LATENCY_REPEATS
+    )
     before = measure(generators["input"], tokenizer, examples, src, latency["input"])
     after = measure(generators["output"], tokenizer, examples, dst, latency["output"])
     metrics = compare(before, after)
@@ -144,32 +147,6 @@ def open_generator(folder: Path, device: str) -> Any:
     from slm_toolkit.runtime.loader import load_generator
 
     return load_generator(folder, device=device)
-
-
-def interleaved_latency(generators: dict[str, Any], prompt: list[int]) -> dict[str, dict[str, float]]:
-    """Batch-1 decode latency of each generator, one timed run of each in turn per round (after a
-    warm-up of each), so that load from elsewhere on the machine hits input and output alike."""
-    import statistics
-
-    from slm_toolkit.measures.metrics import decode_latency
-
-    for gen in generators.values():
-        decode_latency(gen, prompt, LATENCY_NEW_TOKENS, repeats=1, warmup=1)
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in generators}
-    for _ in range(LATENCY_REPEATS):
-        for name, gen in generators.items():
-            runs[name].append(decode_latency(gen, prompt, LATENCY_NEW_TOKENS, repeats=1, warmup=0))
-    out = {}
-    for name, results in runs.items():
-        times = [r["latency_ms_median"] for r in results]
-        q = statistics.quantiles(times, n=4, method="inclusive")
-        median = statistics.median(times)
-        out[name] = {
-            "latency_ms_median": median,
-            "latency_ms_spread": q[2] - q[0],
-            "tok_s": results[0]["new_tokens"] / (median / 1000.0),
-        }
-    return out
 
 
 def measure(

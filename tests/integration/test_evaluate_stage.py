@@ -106,7 +106,7 @@ def test_limit_and_reference_path(tmp_path, models):
 
 
 def test_onnx_artifact_is_evaluated_by_the_same_code(tmp_path, models):
-    from slm_toolkit.export.onnx import export_onnx
+    from slm_toolkit.models.onnx_export import export_onnx
 
     reference, student = models
     export_onnx(student, tmp_path / "onnx", optimize="none")

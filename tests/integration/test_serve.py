@@ -315,7 +315,7 @@ def test_naive_scheduler_gives_the_same_greedy_text(artifact, main):
 
 @pytest.mark.slow
 def test_onnx_artifact_serves_batched_like_sequential(artifact, tmp_path):
-    from slm_toolkit.export.onnx import export_onnx
+    from slm_toolkit.models.onnx_export import export_onnx
 
     export_onnx(artifact, tmp_path / "onnx", optimize="none")
     srv = Server(tmp_path / "onnx", backend="onnxruntime", max_batch_size=8, max_model_len=MAX_LEN)

@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from slm_toolkit.core.errors import BackendUnavailable
-from slm_toolkit.export.onnx import export_onnx
+from slm_toolkit.models.onnx_export import export_onnx
 from slm_toolkit.runtime.base import GenerationConfig
 from slm_toolkit.runtime.loader import load_generator
 from slm_toolkit.runtime.onnxruntime import OrtGenerator, load_onnx_generator
