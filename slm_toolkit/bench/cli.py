@@ -13,6 +13,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from slm_toolkit.bench.config import check_dataset, check_slo
+from slm_toolkit.bench.server import serve_artifact
+from slm_toolkit.core.artifacts import write_text_atomic
+
 bench_app = typer.Typer(
     help="Latency and throughput of an OpenAI-compatible server (TTFT, TPOT, ITL, E2E, goodput).",
     add_completion=False,
@@ -39,7 +43,6 @@ def parse_concurrency(text: str) -> list[int]:
 
 def parse_slo(text: str | None) -> dict[str, float] | None:
     """ttft=500,tpot=50 -> {"ttft": 500.0, "tpot": 50.0} (milliseconds)."""
-    from slm_toolkit.bench.config import check_slo
 
     if not text:
         return None
@@ -161,7 +164,6 @@ def _check(
     burstiness,
 ) -> dict:
     """Usage errors (exit 2) before anything starts; returns levels, num_requests, slo."""
-    from slm_toolkit.bench.config import check_dataset
     from slm_toolkit.bench.load import Level
 
     if (url is None) == (artifact is None):
@@ -223,7 +225,6 @@ def _run(
 
     from slm_toolkit.bench import runner
     from slm_toolkit.bench.client import Endpoint
-    from slm_toolkit.bench.server import serve_artifact
 
     tok_src = tokenizer_path or artifact
     tok = count = None
@@ -303,7 +304,6 @@ def compare(
 ) -> None:
     """Side-by-side table (and a latency-throughput plot) of several results.json."""
     from slm_toolkit.bench import plots, results
-    from slm_toolkit.core.artifacts import write_text_atomic
 
     try:
         docs = [results.load(f) for f in files]

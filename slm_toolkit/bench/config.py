@@ -23,6 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from slm_toolkit.core.types import NonNegativeInt, PositiveFloat, PositiveInt
+
 SLO_KEYS = ("ttft", "tpot", "itl", "e2el")
 
 
@@ -51,15 +53,15 @@ class BenchConfig(BaseModel):
 
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
     concurrency: list[int] = [1, 4, 16]
-    num_requests: int = 64
-    input_len: int = 32
-    output_len: int = 64
+    num_requests: PositiveInt = 64
+    input_len: PositiveInt = 32
+    output_len: PositiveInt = 64
     dataset: str = "random"
-    warmup: int = 2
+    warmup: NonNegativeInt = 2
     scheduler: Literal["continuous", "naive"] = "continuous"
-    max_batch_size: int | None = None
-    rate: float | None = None
-    burstiness: float = 1.0
+    max_batch_size: PositiveInt | None = None  # null: the server's default
+    rate: PositiveFloat | None = None  # null: closed loop
+    burstiness: PositiveFloat = 1.0
     slo: dict[str, float] | None = None
 
     @field_validator("concurrency")
@@ -69,34 +71,6 @@ class BenchConfig(BaseModel):
             raise ValueError("must list at least one concurrency level")
         if any(c < 1 for c in v):
             raise ValueError("every concurrency level must be >= 1")
-        return v
-
-    @field_validator("num_requests", "input_len", "output_len")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("warmup")
-    @classmethod
-    def _warmup(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError("must be >= 0")
-        return v
-
-    @field_validator("max_batch_size")
-    @classmethod
-    def _batch(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("must be >= 1 (or null for the server's default)")
-        return v
-
-    @field_validator("rate", "burstiness")
-    @classmethod
-    def _rate(cls, v: float | None) -> float | None:
-        if v is not None and not v > 0:
-            raise ValueError("must be > 0")
         return v
 
     @field_validator("dataset")

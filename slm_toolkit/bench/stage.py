@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from slm_toolkit.bench.config import BenchConfig
+from slm_toolkit.bench.server import serve_artifact
 from slm_toolkit.stage import StageInput, StageOutput
 
 
@@ -20,7 +21,6 @@ def run(cfg: BenchConfig, inp: StageInput) -> StageOutput:
     from slm_toolkit.bench.client import Endpoint
     from slm_toolkit.bench.load import Level
     from slm_toolkit.bench.results import flat_metrics, table_md
-    from slm_toolkit.bench.server import serve_artifact
 
     # setup
     if inp.artifact is None or not inp.artifact.is_dir():

@@ -16,9 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from slm_toolkit.core.artifacts import artifact_kind, write_meta
+from slm_toolkit.data.segments import prompt_ids
 from slm_toolkit.export.config import ExportConfig, output_kind
+from slm_toolkit.export.tensorrt import ENGINE_FILE, build_engine
 from slm_toolkit.measures.latency import interleaved_latency
+from slm_toolkit.measures.metrics import bytes_on_disk
 from slm_toolkit.measures.parity import parity
+from slm_toolkit.models.load import load_tokenizer
+from slm_toolkit.models.onnx_export import copy_tokenizer, export_onnx
+from slm_toolkit.runtime.loader import load_generator
 from slm_toolkit.stage import StageInput, StageOutput
 
 LATENCY_NEW_TOKENS = 32
@@ -30,9 +37,6 @@ class ExportParityError(RuntimeError):
 
 
 def run(cfg: ExportConfig, inp: StageInput) -> StageOutput:
-    from slm_toolkit.core.artifacts import artifact_kind, write_meta
-    from slm_toolkit.data.segments import prompt_ids
-    from slm_toolkit.models.load import load_tokenizer
 
     # setup
     src, dst = Path(inp.artifact), Path(inp.workdir)
@@ -68,7 +72,6 @@ def run(cfg: ExportConfig, inp: StageInput) -> StageOutput:
 
 
 def export_model(cfg: ExportConfig, src: Path, dst: Path, device: str, prompts: list[list[int]]) -> None:
-    from slm_toolkit.models.onnx_export import copy_tokenizer, export_onnx
 
     if cfg.format == "onnx":
         export_onnx(src, dst, opset=cfg.opset, optimize=cfg.optimize)
@@ -76,8 +79,6 @@ def export_model(cfg: ExportConfig, src: Path, dst: Path, device: str, prompts: 
     import shutil
 
     from transformers import AutoConfig
-
-    from slm_toolkit.export.tensorrt import ENGINE_FILE, build_engine
 
     onnx_dir = dst / "onnx"
     onnx_path = export_onnx(src, onnx_dir, opset=cfg.opset, optimize="none")
@@ -103,7 +104,6 @@ def open_pair(src: Path, dst: Path, kind: str, device: str) -> tuple[Any, Any]:
     """(PyTorch reference, exported model) as Generators."""
     import torch
 
-    from slm_toolkit.runtime.loader import load_generator
     from slm_toolkit.runtime.torch import TorchGenerator
 
     reference = TorchGenerator.from_folder(src, device=device, dtype=torch.float32)  # what optimum exports
@@ -127,7 +127,6 @@ def gate(metrics: dict[str, float], atol: float, min_agreement: float) -> None:
 
 
 def measure(reference: Any, exported: Any, prompt: list[int], folder: Path) -> dict[str, float]:
-    from slm_toolkit.measures.metrics import bytes_on_disk
 
     speed = interleaved_latency({"ref": reference, "exp": exported}, prompt, LATENCY_NEW_TOKENS, LATENCY_REPEATS)
     ref, exp = speed["ref"], speed["exp"]
