@@ -123,8 +123,11 @@ class LossConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    """offline: top-k log-probs cached once (renormalized over the top k); online: full
-    distribution from the teacher at every step. `model` overrides the recipe's model."""
+    """offline: the teacher's top-k log-probs and the log of its remaining (tail) mass, cached
+    once per sequence; the loss compares teacher and student over these k + 1 buckets (not
+    renormalized over the top k: mass the student puts outside the teacher's top k costs).
+    online: the full distribution from the teacher at every step. `model` overrides the
+    recipe's model."""
 
     mode: Literal["offline", "online"] = "offline"
     top_k: int = 32

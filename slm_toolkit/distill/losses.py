@@ -17,12 +17,15 @@ the *global* batch (all micro-batches of the optimizer step, on all processes), 
 gradient does not depend on grad_accum or the number of processes.
 
 Offline teachers give only their top-k log-probabilities. We use the **tail-bucketed**
-distribution: k + 1 outcomes, the teacher's top-k tokens plus one bucket for all the rest
-(probability 1 - sum of the top k), for both teacher and student (the student's bucket
-probabilities come from its full-vocabulary softmax). Unlike renormalizing over the top k,
-the student is penalized for mass it puts outside the teacher's top k, and every kind stays
-finite. The temperature is applied to the k + 1 bucket log-probabilities of both sides; at
-T = 1 this is exactly the divergence between the two distributions coarsened to the buckets.
+distribution: k + 1 outcomes, the teacher's top-k tokens plus one bucket for all the rest, for
+both teacher and student. Unlike renormalizing over the top k, the student is penalized for
+mass it puts outside the teacher's top k, and every kind stays finite. Both tail buckets are
+computed as a log-sum-exp over the tokens *outside* the top k (the teacher's once, when the
+cache is filled; the student's from its logits at every step), never as log(1 - sum of the
+top k): with a peaked distribution that difference is fp32 rounding noise, which dividing by
+T > 1 would turn into probability mass. The temperature is applied to the k + 1 bucket
+log-probabilities of both sides; at T = 1 this is exactly the divergence between the two
+distributions coarsened to the buckets.
 
 Memory: the student's logits are computed from its hidden states a chunk of tokens at a time,
 inside activation checkpointing, so the full-vocabulary fp32 logits of a whole batch never
@@ -70,30 +73,36 @@ def divergence(kind: str, logp: torch.Tensor, logq: torch.Tensor, param: float =
     raise ValueError(f"unknown loss kind {kind!r}: expected one of {', '.join(KINDS)}")
 
 
-def bucket_logprobs(logprobs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Full log-probs [n, V] -> tail-bucketed log-probs [n, k + 1] over the tokens `idx` [n, k]."""
-    return topk_with_tail(logprobs.gather(-1, idx))
+def bucket_logprobs(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Logits [n, V] -> tail-bucketed log-probs [n, k + 1] over the tokens `idx` [n, k]: the k
+    log-probs, then the log of the mass of every other token (a log-sum-exp over the logits
+    outside `idx`, exact even when that mass is far below fp32's resolution of 1)."""
+    log_z = torch.logsumexp(logits, -1, keepdim=True)
+    top = logits.gather(-1, idx) - log_z
+    if idx.shape[-1] >= logits.shape[-1]:  # the top k is the whole vocabulary: an empty tail
+        return torch.cat([top, top.new_full((top.shape[0], 1), _LOG_FLOOR)], -1)
+    rest = logits.scatter(-1, idx, float("-inf"))  # at least one finite entry left per row
+    return torch.cat([top, torch.logsumexp(rest, -1, keepdim=True) - log_z], -1)
 
 
-def topk_with_tail(top: torch.Tensor) -> torch.Tensor:
-    """Top-k log-probs [n, k] -> [n, k + 1] with the tail bucket log(1 - sum exp(top)) appended."""
-    covered = torch.logsumexp(top, dim=-1, keepdim=True).clamp_max(0.0)
-    return torch.cat([top, _log1mexp(covered)], dim=-1)
-
-
-def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x <= 0, stable, floored instead of -inf when x == 0."""
-    x = x.clamp_max(-1e-12)
-    out = torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
-    return out.clamp_min(_LOG_FLOOR)
+def teacher_topk(logprobs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full teacher log-probs [n, V] -> (top-k log-probs [n, k], their ids [n, k], the log of the
+    tail mass [n]); what the offline cache stores for every position."""
+    top, idx = logprobs.topk(min(k, logprobs.shape[-1]), -1)
+    return top, idx, bucket_logprobs(logprobs, idx)[:, -1]
 
 
 @dataclass
 class TopKTargets:
-    """Offline teacher targets for n tokens: top-k log-probs (at T = 1) and their token ids."""
+    """Offline teacher targets for n tokens: top-k log-probs (at T = 1), their token ids and the
+    log of the mass outside the top k."""
 
     logprobs: torch.Tensor  # [n, k] float
     indices: torch.Tensor  # [n, k] long
+    tail: torch.Tensor  # [n] float
+
+    def to(self, device) -> TopKTargets:
+        return TopKTargets(self.logprobs.to(device), self.indices.to(device), self.tail.to(device))
 
 
 @dataclass
@@ -122,8 +131,8 @@ def token_losses(
     kd = torch.zeros(s_logits.shape[0], device=s_logits.device)
     if ce_weight < 1.0:
         if isinstance(t_chunk, TopKTargets):
-            logq = bucket_logprobs(F.log_softmax(s_logits, -1), t_chunk.indices)
-            logp = topk_with_tail(t_chunk.logprobs.float())
+            logq = bucket_logprobs(s_logits, t_chunk.indices)
+            logp = torch.cat([t_chunk.logprobs.float(), t_chunk.tail.float()[:, None]], -1)
             if temperature != 1.0:
                 logq = F.log_softmax(logq / temperature, -1)
                 logp = F.log_softmax(logp / temperature, -1)
@@ -139,7 +148,7 @@ def token_losses(
 
 def _slice(targets: Targets, lo: int, hi: int, vocab: int) -> TopKTargets | torch.Tensor:
     if isinstance(targets, TopKTargets):
-        return TopKTargets(targets.logprobs[lo:hi], targets.indices[lo:hi])
+        return TopKTargets(targets.logprobs[lo:hi], targets.indices[lo:hi], targets.tail[lo:hi])
     with torch.no_grad():
         return targets.head(targets.hidden[lo:hi])[..., :vocab]
 

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from slm_toolkit.core.accounting import Accountant
 from slm_toolkit.distill.batching import MicroBatch, Step, collate
-from slm_toolkit.distill.losses import OnlineTargets, distill_loss
+from slm_toolkit.distill.losses import OnlineTargets, TopKTargets, distill_loss
 
 
 class VocabularyMismatch(ValueError):
@@ -298,8 +298,8 @@ def _one_step(module, step: Step, opt, s: TrainSettings, acc: Accountant, device
                     if cache is not None and not step_online(step)
                     else teacher_targets(teacher, mb, device)
                 )
-                if hasattr(targets, "logprobs"):
-                    targets.logprobs, targets.indices = targets.logprobs.to(device), targets.indices.to(device)
+                if isinstance(targets, TopKTargets):
+                    targets = targets.to(device)
                 loss = module(
                     mb.input_ids.to(device),
                     mb.attention_mask.to(device),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slm_toolkit.distill.losses import KINDS, OnlineTargets, TopKTargets, distill_loss, divergence
+from slm_toolkit.distill.losses import KINDS, OnlineTargets, TopKTargets, distill_loss, divergence, teacher_topk
 
 torch.manual_seed(0)
 
@@ -30,6 +30,11 @@ def reference(kind, p, q, param):
     if kind == "srkl":
         return _kl(q, param * q + (1 - param) * p)
     raise AssertionError(kind)
+
+
+def _topk(t_logits: torch.Tensor, k: int) -> TopKTargets:
+    """What the offline cache stores for teacher logits: top-k log-probs, ids, tail log-mass."""
+    return TopKTargets(*teacher_topk(torch.log_softmax(t_logits, -1), k))
 
 
 def _logits(n=37, v=23, scale=3.0):
@@ -98,14 +103,14 @@ def test_online_loss_chunked_matches_reference(kind, T, ce):
 def test_topk_is_tail_bucketed(kind, T):
     n, v, k = 31, 17, 5
     s, t = _logits(n, v), _logits(n, v)
-    t_logp = torch.log_softmax(t, -1)
-    top, idx = t_logp.topk(k, -1)
+    targets = _topk(t, k)
+    idx = targets.indices
     labels = torch.randint(0, v, (n,))
     weights = torch.ones(n, dtype=torch.float64)
     got = distill_loss(
         s.clone(),
         lambda x: x,
-        TopKTargets(top, idx),
+        targets,
         labels,
         weights,
         float(n),
@@ -123,13 +128,46 @@ def test_topk_is_tail_bucketed(kind, T):
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-8)
 
 
+def _bucketed_reference(t, s, idx, T):
+    """Forward KL over the k + 1 buckets, from full-vocabulary probabilities in float64: the tail
+    is the sum of the probabilities outside the top k (not 1 minus the top k)."""
+    p, q = torch.softmax(t.double(), -1), torch.softmax(s.double(), -1)
+    outside = torch.ones_like(p, dtype=torch.bool).scatter(-1, idx, False)
+    pb = torch.cat([p.gather(-1, idx), (p * outside).sum(-1, keepdim=True)], -1)
+    qb = torch.cat([q.gather(-1, idx), (q * outside).sum(-1, keepdim=True)], -1)
+    pb, qb = torch.softmax(pb.log() / T, -1), torch.softmax(qb.log() / T, -1)
+    return reference("forward_kl", pb, qb, 0.5) * T**2
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
+def test_topk_tail_is_exact_in_fp32_for_a_peaked_teacher(T):
+    """k = 32 of 200 tokens, a teacher whose tail mass (~1e-9) is below fp32's resolution of 1:
+    the fp32 top-k path (cache tail + student log-sum-exp) matches the float64 loss computed from
+    the full vocabulary, where log(1 - sum of the top k) in fp32 would be rounding noise."""
+    g = torch.Generator().manual_seed(0)
+    n, v, k = 64, 200, 32
+    t = torch.randn(n, v, generator=g, dtype=torch.float64) * 2
+    t[:, :4] += 25.0  # peaked: four tokens hold all but ~1e-9 of the mass
+    s = torch.randn(n, v, generator=g, dtype=torch.float64) * 2
+    s[:, :4] += 8.0
+    targets = TopKTargets(
+        *(x.float() if x.is_floating_point() else x for x in teacher_topk(torch.log_softmax(t, -1), k))
+    )
+    ones = torch.ones(n)
+    got = distill_loss(s.float(), lambda x: x, targets, torch.zeros(n, dtype=torch.long), ones, float(n), temperature=T)
+    want = _bucketed_reference(t, s, targets.indices, T).mean()
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=0)
+    # the case is a hard one: the teacher's tail from 1 - sum(top k) in fp32 is off by orders of magnitude
+    naive = torch.log1p(-targets.logprobs.exp().sum(-1).clamp_max(1 - 1e-7))
+    assert (naive - targets.tail).abs().max() > 5.0
+
+
 def test_topk_with_whole_vocab_equals_full_forward_kl():
     n, v = 13, 11
     s, t = _logits(n, v), _logits(n, v)
-    top, idx = torch.log_softmax(t, -1).topk(v, -1)
     w = torch.ones(n, dtype=torch.float64)
     labels = torch.zeros(n, dtype=torch.long)
-    got = distill_loss(s, lambda x: x, TopKTargets(top, idx), labels, w, float(n))
+    got = distill_loss(s, lambda x: x, _topk(t, v), labels, w, float(n))
     want = reference("forward_kl", torch.softmax(t, -1), torch.softmax(s, -1), 0.5).mean()
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
 
@@ -138,14 +176,14 @@ def test_topk_penalizes_student_mass_outside_the_teacher_top_k():
     v, k = 10, 3
     t = torch.full((1, v), -10.0, dtype=torch.float64)
     t[0, :k] = 5.0
-    top, idx = torch.log_softmax(t, -1).topk(k, -1)
+    targets = _topk(t, k)
     good = t.clone()
     bad = t.clone()
     bad[0, k:] = 5.0  # same ratios inside the top k, lots of mass outside
     one = torch.ones(1, dtype=torch.float64)
     lab = torch.zeros(1, dtype=torch.long)
-    loss_good = distill_loss(good, lambda x: x, TopKTargets(top, idx), lab, one, 1.0)
-    loss_bad = distill_loss(bad, lambda x: x, TopKTargets(top, idx), lab, one, 1.0)
+    loss_good = distill_loss(good, lambda x: x, targets, lab, one, 1.0)
+    loss_bad = distill_loss(bad, lambda x: x, targets, lab, one, 1.0)
     assert loss_good < 1e-6 < 0.5 < loss_bad
 
 
@@ -154,7 +192,7 @@ def test_global_normalization_makes_grad_accum_invariant():
     head_w = torch.randn(v, h, dtype=torch.float64, requires_grad=True)
     hidden = torch.randn(n, h, dtype=torch.float64)
     t_logits = _logits(n, v)
-    top, idx = torch.log_softmax(t_logits, -1).topk(4, -1)
+    t = _topk(t_logits, 4)
     labels = torch.randint(0, v, (n,))
     weights = (torch.rand(n) > 0.3).double()
     denom = float((weights > 0).sum())
@@ -163,7 +201,7 @@ def test_global_normalization_makes_grad_accum_invariant():
         return distill_loss(
             hidden[lo:hi],
             lambda x: x @ head_w.T,
-            TopKTargets(top[lo:hi], idx[lo:hi]),
+            TopKTargets(t.logprobs[lo:hi], t.indices[lo:hi], t.tail[lo:hi]),
             labels[lo:hi],
             weights[lo:hi],
             denom,
@@ -183,7 +221,7 @@ def test_no_supervised_tokens_gives_zero_not_nan():
     out = distill_loss(
         hidden,
         lambda x: x @ torch.ones(4, 5),
-        TopKTargets(torch.zeros(0, 2), torch.zeros(0, 2, dtype=torch.long)),
+        TopKTargets(torch.zeros(0, 2), torch.zeros(0, 2, dtype=torch.long), torch.zeros(0)),
         torch.zeros(0, dtype=torch.long),
         torch.zeros(0),
         0.0 + 1.0,
@@ -203,9 +241,14 @@ def test_chunking_keeps_logits_small():
         return x @ w.T
 
     hidden = torch.randn(100, 8, requires_grad=True)
-    top, idx = torch.log_softmax(torch.randn(100, 50), -1).topk(4, -1)
     loss = distill_loss(
-        hidden, head, TopKTargets(top, idx), torch.zeros(100, dtype=torch.long), torch.ones(100), 100.0, chunk_size=16
+        hidden,
+        head,
+        _topk(torch.randn(100, 50), 4),
+        torch.zeros(100, dtype=torch.long),
+        torch.ones(100),
+        100.0,
+        chunk_size=16,
     )
     loss.backward()
     assert max(seen) <= 16 and len(seen) > 100 // 16

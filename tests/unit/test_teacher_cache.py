@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.distill.batching import sequence_key
 from slm_toolkit.distill.teacher_cache import (
+    FORMAT_VERSION,
     TeacherCacheMismatch,
     cache_folder,
     fill_cache,
@@ -55,14 +59,21 @@ def test_cache_holds_the_exact_top_k_and_is_reused(teacher, tmp_path):
         "shard-00001.safetensors",
     ]
     key, ids = next(iter(seqs.items()))
-    lp, ix = cache.sequence(key)
+    lp, ix, tail = cache.sequence(key)
     with torch.no_grad():
-        want = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1).topk(k, -1)
-    torch.testing.assert_close(lp, want.values, rtol=1e-5, atol=1e-5)
+        full = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1)
+    want = full.topk(k, -1)
+    torch.testing.assert_close(lp.double(), want.values, rtol=1e-5, atol=1e-5)
     assert torch.equal(ix.long(), want.indices)
+    # the tail: the log of the mass of every token outside the top k, summed over the vocabulary
+    outside = full.exp().sum(-1) - want.values.exp().sum(-1)
+    rest = full.scatter(-1, want.indices, float("-inf")).logsumexp(-1)
+    torch.testing.assert_close(tail.double(), rest, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tail.double().exp(), outside, rtol=1e-4, atol=1e-6)
     # targets for chosen positions of a micro-batch (row 0 = `key`, positions 1 and 2)
     t = cache.targets([key], torch.tensor([0, 0]), torch.tensor([1, 2]))
-    torch.testing.assert_close(t.logprobs, want.values[1:3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(t.logprobs.double(), want.values[1:3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(t.tail.double(), rest[1:3], rtol=1e-5, atol=1e-5)
     # reopened: nothing to compute for the same sequences; new ones go to a new shard
     again = open_cache(tmp_path / "c", "T1", tokenizer_hash(tok), k, vocab)
     assert fill_cache(again, model, seqs, vocab=vocab, pad_id=0, progress=False) == 0
@@ -70,6 +81,27 @@ def test_cache_holds_the_exact_top_k_and_is_reused(teacher, tmp_path):
     assert fill_cache(again, model, more, vocab=vocab, pad_id=0, progress=False) > 0
     assert all(key in again for key in more) and len(again.meta["shards"]) == 3
     assert not list((tmp_path / "c").glob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_a_cache_of_an_older_format_is_rebuilt_not_read(teacher, tmp_path):
+    model, tok = teacher
+    seqs = _seqs(3)
+    cache = open_cache(tmp_path / "c", "T1", "TOK1", 4, len(tok))
+    fill_cache(cache, model, seqs, vocab=len(tok), pad_id=0, progress=False)
+    # turn it into a version-1 cache: no `version` in the meta, shards without `tail`
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    del meta["version"]
+    (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
+    shard = tmp_path / "c" / "shard-00000.safetensors"
+    old = load_file(shard)
+    save_file({k: v for k, v in old.items() if k != "tail"}, shard)
+    again = open_cache(tmp_path / "c", "T1", "TOK1", 4, len(tok))
+    assert not any(key in again for key in seqs)  # nothing of the old format is offered
+    assert fill_cache(again, model, seqs, vocab=len(tok), pad_id=0, progress=False) > 0  # rebuilt
+    assert json.loads((tmp_path / "c" / "meta.json").read_text())["version"] == FORMAT_VERSION
+    assert [p.name for p in sorted((tmp_path / "c").glob("shard-*"))] == ["shard-00000.safetensors"]
+    lp, _, tail = again.sequence(next(iter(seqs)))
+    assert tail.shape == lp.shape[:1] and torch.isfinite(tail).all()
 
 
 def test_changed_teacher_or_tokenizer_is_refused(teacher, tmp_path):
