@@ -4,24 +4,45 @@
         student: builtin:arith-student      # or a path, a hub id, or `previous`
         supervise: [cot, answer]            # any non-empty subset of prompt, cot, answer
         segment_weights: {cot: 1.0, answer: 2.0}
-        truncate: {fraction: 0.5, mode: head, full_batches: 0.15}   # or {tokens: 256}
+        truncate: {fraction: 0.45, mode: head, full_batches: 0.15, schedule: uniform, mixing: batch}
+                                            # or {tokens: 256}; fraction_start: 0.25 ramps the cut
         loss: {kind: forward_kl, temperature: 1.0, ce_weight: 0.0}
         teacher: {mode: offline, top_k: 32}
         on_policy: {fraction: 0.0, max_new_tokens: 64, temperature: 0.9}
         train: {epochs: 1, batch_size: 32, grad_accum: 1, lr: 3e-4, schedule: cosine,
                 warmup: 0.05, weight_decay: 0.0, clip: 1.0, checkpoint_every: 200}
 
-Pydantic only (no torch): `slm validate` imports this module.
+Pydantic only (no torch): `slm validate` imports this module. Value rules are the shared
+constrained types of core/types.py (one spelling, one message each).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from slm_toolkit.core.types import (
+    Fraction01,
+    FractionBelow1,
+    NonNegativeFloat,
+    OpenFraction,
+    PositiveFloat,
+    PositiveInt,
+)
 
 Segment = Literal["prompt", "cot", "answer"]
 LossKind = Literal["forward_kl", "reverse_kl", "jsd", "tvd", "skl", "srkl"]
+
+
+def _kept(v: float) -> float:
+    if not 0.0 < v < 1.0:
+        raise ValueError("must be in (0, 1) (omit `truncate` for full sequences)")
+    return v
+
+
+# OpenFraction with the hint a user needs when they write `fraction: 1.0` for "no truncation"
+KeptFraction = Annotated[float, AfterValidator(_kept)]
 
 
 class _Strict(BaseModel):
@@ -29,47 +50,62 @@ class _Strict(BaseModel):
 
 
 class TruncateConfig(_Strict):
-    """Cut each sequence to its first `fraction` of tokens (or its first `tokens` tokens).
+    """Train on the first part of each sequence; `active` says whether anything is truncated.
 
-    Neither set = no truncation. `mode: keep_answer` cuts the chain of thought but keeps the
-    answer. `full_batches` is the share of whole batches left untruncated (run as micro-batches
-    so that peak memory stays at the truncated level).
+    - `fraction` (0 < f < 1) keeps the first f of each sequence's tokens, `tokens` the first N
+      tokens (exclusive; neither = no truncation, the other keys then do not apply).
+    - `mode`: where the cut falls.
+        `head` (the paper): the kept part is a prefix of the sequence.
+        `keep_answer`: the budget ends with the sequence's end (`</think>` answer `<eos>`),
+            always, and the cut falls inside the CoT (cutting into the prompt if it must).
+        `cot_only`: only the CoT is cut: the prompt is always kept whole, and the answer part
+            keeps its tokens (and their loss) when prompt + answer fit in the budget, the rest
+            of the budget going to the head of the CoT; when they do not fit, the sequence is
+            cut after the budget (or the prompt) like `head`.
+    - `full_batches` (0 <= s < 1): the share of the training left untruncated, run as
+      micro-batches no longer than a truncated one, so that peak memory stays at the truncated
+      level. `mixing` says what is left whole: `batch` = whole batches (a share s of the steps),
+      `example` = a share s of the examples of every batch.
+    - `schedule` places the untruncated batches over training: `uniform` (evenly spread),
+      `front` (the first s of the steps), `end` (the last s of the steps: a full-length
+      annealing phase). `front` and `end` need `mixing: batch`.
+    - `fraction_start`: the kept fraction grows linearly over the steps, from `fraction_start`
+      at the first step to `fraction` at the last (needs `fraction`, and must be below it).
     """
 
-    fraction: float | None = None
-    tokens: int | None = None
-    mode: Literal["head", "keep_answer"] = "head"
-    full_batches: float = 0.0
-
-    @field_validator("fraction")
-    @classmethod
-    def _fraction(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 < v < 1.0:
-            raise ValueError("must be in (0, 1) (omit `truncate` for full sequences)")
-        return v
-
-    @field_validator("tokens")
-    @classmethod
-    def _tokens(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("full_batches")
-    @classmethod
-    def _full_batches(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError("must be in [0, 1)")
-        return v
+    fraction: KeptFraction | None = None
+    tokens: PositiveInt | None = None
+    mode: Literal["head", "keep_answer", "cot_only"] = "head"
+    full_batches: FractionBelow1 = 0.0
+    schedule: Literal["uniform", "front", "end"] = "uniform"
+    mixing: Literal["batch", "example"] = "batch"
+    fraction_start: OpenFraction | None = None
 
     @model_validator(mode="after")
-    def _exclusive(self) -> TruncateConfig:
+    def _consistent(self) -> TruncateConfig:
         if self.fraction is not None and self.tokens is not None:
             raise ValueError("`fraction` and `tokens` are exclusive: set one of them")
+        defaults = {"mode": "head", "full_batches": 0.0, "schedule": "uniform", "mixing": "batch"}
+        if not self.active:
+            for key in ("mode", "full_batches", "schedule", "mixing", "fraction_start"):
+                if key in self.model_fields_set and getattr(self, key) != defaults.get(key):
+                    raise ValueError(f"{key}: only applies to a truncated run: set `fraction` or `tokens`")
+        if self.schedule != "uniform" and self.full_batches == 0:
+            raise ValueError("schedule: places the untruncated batches: set `full_batches` > 0")
+        if self.mixing == "example" and self.full_batches == 0:
+            raise ValueError("mixing: `example` leaves a share of the examples whole: set `full_batches` > 0")
+        if self.mixing == "example" and self.schedule != "uniform":
+            raise ValueError("mixing: `example` spreads whole examples over every batch: `schedule` must be uniform")
+        if self.fraction_start is not None:
+            if self.fraction is None:
+                raise ValueError("fraction_start: needs `fraction` (the kept fraction at the last step)")
+            if self.fraction_start >= self.fraction:
+                raise ValueError("fraction_start: must be < `fraction` (the kept fraction grows over training)")
         return self
 
     @property
     def active(self) -> bool:
+        """Whether anything is truncated: the one answer to that question in the stage."""
         return self.fraction is not None or self.tokens is not None
 
 
@@ -78,31 +114,10 @@ class LossConfig(_Strict):
     loss = (1 - ce_weight) * KD + ce_weight * CE(labels)."""
 
     kind: LossKind = "forward_kl"
-    temperature: float = 1.0
-    ce_weight: float = 0.0
-    beta: float | None = None  # jsd: mixture weight (default 0.5)
-    alpha: float | None = None  # skl / srkl: skew (default 0.1)
-
-    @field_validator("temperature")
-    @classmethod
-    def _temperature(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be > 0")
-        return v
-
-    @field_validator("ce_weight")
-    @classmethod
-    def _ce_weight(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError("must be in [0, 1]")
-        return v
-
-    @field_validator("beta", "alpha")
-    @classmethod
-    def _open_unit(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 < v < 1.0:
-            raise ValueError("must be in (0, 1)")
-        return v
+    temperature: PositiveFloat = 1.0
+    ce_weight: Fraction01 = 0.0
+    beta: OpenFraction | None = None  # jsd: mixture weight (default 0.5)
+    alpha: OpenFraction | None = None  # skl / srkl: skew (default 0.1)
 
     @model_validator(mode="after")
     def _params_match_kind(self) -> LossConfig:
@@ -130,93 +145,33 @@ class TeacherConfig(_Strict):
     recipe's model."""
 
     mode: Literal["offline", "online"] = "offline"
-    top_k: int = 32
+    top_k: PositiveInt = 32
     model: str | None = None
-
-    @field_validator("top_k")
-    @classmethod
-    def _top_k(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
 
 
 class OnPolicyConfig(_Strict):
     """GKD-style: this share of batches is sampled by the student and scored by the teacher."""
 
-    fraction: float = 0.0
-    max_new_tokens: int = 64
-    temperature: float = 0.9
-
-    @field_validator("fraction")
-    @classmethod
-    def _fraction(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError("must be in [0, 1]")
-        return v
-
-    @field_validator("max_new_tokens")
-    @classmethod
-    def _max_new(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("temperature")
-    @classmethod
-    def _temperature(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError("must be >= 0 (0 = greedy)")
-        return v
+    fraction: Fraction01 = 0.0
+    max_new_tokens: PositiveInt = 64
+    temperature: NonNegativeFloat = 0.9  # 0 = greedy
 
 
 class TrainConfig(_Strict):
-    epochs: int = 1
-    max_steps: int | None = None  # optimizer steps; stops early when reached
-    batch_size: int = 32  # examples per optimizer step (the global batch, over all processes)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 3e-4
+    """The optimizer and its schedule (AdamW). `schedule` here is the learning rate's; where the
+    untruncated batches go is `truncate.schedule`."""
+
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = None  # optimizer steps; stops early when reached
+    batch_size: PositiveInt = 32  # examples per optimizer step (the global batch, over all processes)
+    grad_accum: PositiveInt = 1  # micro-batches per optimizer step
+    lr: PositiveFloat = 3e-4
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup: float = 0.05  # share of the steps
-    weight_decay: float = 0.0
-    clip: float | None = 1.0  # max grad norm; null = no clipping
-    checkpoint_every: int = 200  # optimizer steps
+    warmup: FractionBelow1 = 0.05  # share of the steps
+    weight_decay: NonNegativeFloat = 0.0
+    clip: PositiveFloat | None = 1.0  # max grad norm; null = no clipping
+    checkpoint_every: PositiveInt = 200  # optimizer steps
     fsdp: bool = False  # shard the student with FSDP under torchrun (default: DDP)
-
-    @field_validator("epochs", "batch_size", "grad_accum", "checkpoint_every", "max_steps")
-    @classmethod
-    def _positive_int(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("lr")
-    @classmethod
-    def _lr(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be > 0")
-        return v
-
-    @field_validator("warmup")
-    @classmethod
-    def _warmup(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError("must be in [0, 1)")
-        return v
-
-    @field_validator("weight_decay")
-    @classmethod
-    def _wd(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError("must be >= 0")
-        return v
-
-    @field_validator("clip")
-    @classmethod
-    def _clip(cls, v: float | None) -> float | None:
-        if v is not None and v <= 0:
-            raise ValueError("must be > 0 (or null for no clipping)")
-        return v
 
     @model_validator(mode="after")
     def _accum_divides(self) -> TrainConfig:
@@ -234,7 +189,7 @@ class DistillConfig(_Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    limit: int | None = None  # use only the first `limit` training examples
+    limit: PositiveInt | None = None  # use only the first `limit` training examples
 
     @field_validator("supervise")
     @classmethod
@@ -243,13 +198,6 @@ class DistillConfig(_Strict):
             raise ValueError("must name at least one of prompt, cot, answer")
         if len(set(v)) != len(v):
             raise ValueError("lists a segment twice")
-        return v
-
-    @field_validator("limit")
-    @classmethod
-    def _limit(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("must be >= 1")
         return v
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ from slm_toolkit.data.example import ANSWER, COT, PROMPT, TEMPLATE, TokenizedExa
 from slm_toolkit.distill.batching import plan_steps, sequence_key
 from slm_toolkit.distill.config import DistillConfig
 from slm_toolkit.distill.masks import attribute_template, label_weights
-from slm_toolkit.distill.truncation import full_batch_splits, is_full_batch, keep_length, truncate
+from slm_toolkit.distill.truncation import Cut, full_batch_splits, is_full_batch, keep_length, truncate
 
 T, P, C, A = TEMPLATE, PROMPT, COT, ANSWER
 
@@ -65,15 +65,15 @@ def test_full_batches_are_an_exact_evenly_spread_share():
     assert full_batch_splits(None, 10, 35) == 4
 
 
-def _plan(examples, **kw):
+def _plan(examples, cut=None, **kw):
     args = dict(batch_size=4, grad_accum=1, epochs=1, seed=0, weight_table={C: 1.0, A: 1.0}, pad_id=0)
-    return list(plan_steps(examples, **(args | kw)))
+    return list(plan_steps(examples, cut=cut, **(args | kw)))
 
 
 def test_truncated_batches_are_padded_only_to_their_longest():
     exs = [example(3, 6 + i, 2, start=100 * i) for i in range(8)]
     full = _plan(exs)
-    cut = _plan(exs, fraction=0.5)
+    cut = _plan(exs, Cut(fraction=0.5))
     for a, b in zip(full, cut):
         (ma,), (mb,) = a.micro, b.micro
         assert mb.input_ids.shape[1] == max(round(len(e) / 2) for e in _lens(ma)) < ma.input_ids.shape[1]
@@ -88,19 +88,19 @@ def test_examples_cut_to_nothing_contribute_nothing_and_are_counted():
     exs = [example(3, 6, 2, start=100 * i) for i in range(4)] + [
         example(20, 2, 1, start=1000 + 100 * i) for i in range(4)
     ]
-    steps = _plan(exs, fraction=0.5, batch_size=8, weight_table={A: 1.0})  # answers are all cut away
+    steps = _plan(exs, Cut(fraction=0.5), batch_size=8, weight_table={A: 1.0})  # answers are all cut away
     (step,) = steps
     assert step.empty == 8 and step.denom == 0
     (mb,) = step.micro
     assert mb.labels.numel() == 0 and mb.input_ids.shape == (1, 1)  # a dummy, nothing forwarded
-    steps = _plan(exs, fraction=0.5, batch_size=8, weight_table={C: 1.0})
+    steps = _plan(exs, Cut(fraction=0.5), batch_size=8, weight_table={C: 1.0})
     assert steps[0].empty == 4  # the long-prompt examples lost all their CoT
     assert steps[0].micro[0].input_ids.shape[0] == 4
 
 
 def test_full_batches_run_as_micro_batches_no_longer_than_truncated_ones():
     exs = [example(3, 12, 2, start=100 * i) for i in range(40)]
-    steps = _plan(exs, fraction=0.5, full_batches=0.25, batch_size=8, grad_accum=2)
+    steps = _plan(exs, Cut(fraction=0.5, full_share=0.25), batch_size=8, grad_accum=2)
     fulls = [s for s in steps if s.full]
     assert len(fulls) == 1 and len(steps) == 5
     truncated_max = max(m.tokens for s in steps if not s.full for m in s.micro)
@@ -117,5 +117,5 @@ def test_processes_share_the_global_batch_and_its_denominator():
         assert s.denom == a.denom == b.denom
         assert a.micro[0].labels.numel() + b.micro[0].labels.numel() == s.micro[0].labels.numel()
     # head-truncated sequences are read from the full sequence's cache entry
-    (mb,) = _plan(exs[:1], batch_size=1, fraction=0.5)[0].micro
+    (mb,) = _plan(exs[:1], Cut(fraction=0.5), batch_size=1)[0].micro
     assert mb.cache_keys == [sequence_key(exs[0].ids)]
