@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from slm_toolkit.core.errors import RecipeError, StageFailed
+from slm_toolkit.runtime.backends import BACKEND_CHOICES
 
 app = typer.Typer(
     name="slm",
@@ -109,7 +110,7 @@ def eval_cmd(
         str, typer.Option("--data", help="builtin:arith-cot, a .jsonl file or a folder")
     ] = "builtin:arith-cot",
     n_eval: Annotated[int, typer.Option("--eval", min=1, help="eval examples")] = 200,
-    backend: Annotated[str, typer.Option("--backend", help="auto | torch | onnxruntime")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help=" | ".join(BACKEND_CHOICES))] = "auto",
     reference: Annotated[
         Optional[Path], typer.Option("--reference", help="reference artifact for retention (default: itself)")
     ] = None,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 import time
 import traceback
@@ -72,13 +71,13 @@ def stage_key(entry: StageEntry, input_hash: str, seed: int, data_id: str) -> st
 
 
 def set_threads(threads: int | None) -> None:
-    """Apply the recipe's CPU thread count to torch (stages read it back for onnxruntime)."""
+    """Apply the recipe's CPU thread count to torch in this process (stages also get it as
+    StageInput.threads and pass it to load_generator, e.g. for onnxruntime sessions)."""
     if threads is None:
         return
     import torch
 
     torch.set_num_threads(threads)
-    os.environ["SLM_THREADS"] = str(threads)  # runtime.loader reads it for onnxruntime sessions
 
 
 def resolve_device(device: str) -> str:
@@ -301,6 +300,7 @@ def _run_one(
         device=state.device,
         seed=state.recipe.seed,
         history=_history(state, i),
+        threads=state.recipe.threads,
     )
     seed_everything(state.recipe.seed)
     t0 = time.perf_counter()

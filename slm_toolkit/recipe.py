@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from slm_toolkit.core import yamlio
+from slm_toolkit.core.artifacts import Kind, artifact_kind
 from slm_toolkit.core.errors import RecipeError, format_path, validation_lines
 from slm_toolkit.data.config import DataConfig
 
@@ -38,8 +39,8 @@ class StageEntry(BaseModel):
 
     name: str
     config: SerializeAsAny[BaseModel]
-    input_kind: str = "hf"
-    output_kind: str = "hf"
+    input_kind: Kind = Kind.HF
+    output_kind: Kind = Kind.HF
 
 
 class RecipeHeader(BaseModel):
@@ -193,17 +194,16 @@ def _unknown_stage(i: int, name: Any, stages: dict[str, Any]) -> str:
     return f"stages[{i}].{name}: unknown stage ({hint})"
 
 
-def _model_kind(model: str) -> str:
-    """The artifact kind of the recipe's model: that of a local folder, else a HF model."""
-    from slm_toolkit.core.artifacts import artifact_kind
-
+def _model_kind(model: str) -> Kind:
+    """The artifact kind of the recipe's model: that of a local folder (a quantized one says so in
+    its slm_meta.json), else a HF model."""
     path = Path(model).expanduser()
     if not model.startswith("builtin:") and path.is_dir():
         try:
             return artifact_kind(path)
         except ValueError:
-            return "hf"
-    return "hf"
+            return Kind.HF
+    return Kind.HF
 
 
 def _check_order(stages: list[StageEntry], model: str) -> list[str]:

@@ -4,11 +4,10 @@ Config models live in light modules (`slm_toolkit/<stage>/config.py`, pydantic o
 `slm validate` does not import torch; `run` functions are imported when the stage runs.
 Nothing is discovered by name: a stage exists because it has a line in `STAGES` below.
 
-Artifact kinds flow through a recipe: "hf" (a Hugging Face folder), "onnx" (an ONNX folder
-that optimum's ORTModelForCausalLM loads), "tensorrt" (an engine folder). A stage declares the
-kinds it accepts and the kind it produces (a function of its config), so that an impossible
-order (`quantize: {scheme: ort_int8_dynamic}` before any export, or `export` after a torchao
-quantization) is a recipe error.
+Artifact kinds (core.artifacts.Kind: hf, hf-quantized, onnx, tensorrt) flow through a recipe. A
+stage declares the kinds it accepts and the kind it produces (a function of its config), so that
+an impossible order (`quantize: {scheme: ort_int8_dynamic}` before any export, or `export` after a
+torchao quantization, or after a recipe `model:` that is a quantized folder) is a recipe error.
 """
 
 from __future__ import annotations
@@ -20,11 +19,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-HF, ONNX, TENSORRT = "hf", "onnx", "tensorrt"
-# A Hugging Face folder whose weights are quantized (torchao, bitsandbytes): it can be evaluated,
-# benched and served, but not distilled, pruned, re-quantized or exported (those need float weights).
-HF_QUANTIZED = "hf-quantized"
-ANY = frozenset({HF, HF_QUANTIZED, ONNX, TENSORRT})
+from slm_toolkit.core.artifacts import Kind
+from slm_toolkit.quantize.schemes import SCHEMES
+
+# A quantized Hugging Face folder (Kind.HF_QUANTIZED) can be evaluated, benched and served, but not
+# distilled, pruned, re-quantized or exported: those need float weights.
+ANY = frozenset(Kind)
 
 
 def _resolve(ref: str) -> Any:
@@ -37,8 +37,8 @@ class StageSpec:
     name: str
     config_ref: str  # "module:ConfigClass"
     run_ref: str  # "module:run"
-    accepts: frozenset[str]
-    # "module:function" taking (cfg, input_kind) and returning the output kind; None = same as input
+    accepts: frozenset[Kind]
+    # "module:function" taking (cfg, input_kind) and returning the output Kind; None = same as input
     output_kind_ref: str | None = None
     test_module: str = ""  # the test that exercises this stage (checked by the meta-test)
 
@@ -50,10 +50,10 @@ class StageSpec:
     def run(self) -> Callable[..., Any]:
         return _resolve(self.run_ref)
 
-    def output_kind(self, cfg: BaseModel, input_kind: str) -> str:
+    def output_kind(self, cfg: BaseModel, input_kind: Kind) -> Kind:
         if self.output_kind_ref is None:
-            return input_kind
-        return _resolve(self.output_kind_ref)(cfg, input_kind)
+            return Kind(input_kind)
+        return Kind(_resolve(self.output_kind_ref)(cfg, Kind(input_kind)))
 
 
 STAGES: dict[str, StageSpec] = {
@@ -63,21 +63,21 @@ STAGES: dict[str, StageSpec] = {
             "distill",
             "slm_toolkit.distill.config:DistillConfig",
             "slm_toolkit.distill.stage:run",
-            accepts=frozenset({HF}),
+            accepts=frozenset({Kind.HF}),
             test_module="tests/integration/test_distill_stage.py",
         ),
         StageSpec(
             "prune",
             "slm_toolkit.prune.config:PruneConfig",
             "slm_toolkit.prune.stage:run",
-            accepts=frozenset({HF}),
+            accepts=frozenset({Kind.HF}),
             test_module="tests/integration/test_prune_stage.py",
         ),
         StageSpec(
             "quantize",
             "slm_toolkit.quantize.config:QuantizeConfig",
             "slm_toolkit.quantize.stage:run",
-            accepts=frozenset({HF, ONNX}),
+            accepts=frozenset(s.accepts for s in SCHEMES.values()),
             output_kind_ref="slm_toolkit.quantize.config:output_kind",
             test_module="tests/integration/test_quantize_stage.py",
         ),
@@ -85,7 +85,7 @@ STAGES: dict[str, StageSpec] = {
             "export",
             "slm_toolkit.export.config:ExportConfig",
             "slm_toolkit.export.stage:run",
-            accepts=frozenset({HF}),
+            accepts=frozenset({Kind.HF}),
             output_kind_ref="slm_toolkit.export.config:output_kind",
             test_module="tests/integration/test_export_stage.py",
         ),

@@ -34,6 +34,7 @@ class StageInput:
     device: str  # "cpu" or "cuda"
     seed: int
     history: list[StageRecord] = field(default_factory=list)
+    threads: int | None = None  # CPU threads for torch and onnxruntime (the recipe's `threads`; None = per core)
 
 
 @dataclass

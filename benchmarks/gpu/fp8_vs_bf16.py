@@ -117,7 +117,8 @@ def accuracy_rows(teacher: Path, n_eval: int, work: Path) -> tuple[list[dict], d
     from slm_toolkit.data.segments import prompt_ids
     from slm_toolkit.measures.metrics import exact_match, generation_budget
     from slm_toolkit.models.load import load_model
-    from slm_toolkit.quantize.torchao_backend import load_torchao_model, quantize_torchao
+    from slm_toolkit.models.quantized import load_torchao_model
+    from slm_toolkit.quantize.torchao_backend import quantize_torchao
     from slm_toolkit.runtime.torch import TorchGenerator
 
     model, tok = load_model(teacher, device=DEVICE, dtype=torch.float32)

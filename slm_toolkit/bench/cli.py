@@ -16,6 +16,7 @@ import typer
 from slm_toolkit.bench.config import check_dataset, check_slo
 from slm_toolkit.bench.server import serve_artifact
 from slm_toolkit.core.artifacts import write_text_atomic
+from slm_toolkit.runtime.backends import BACKEND_CHOICES
 
 bench_app = typer.Typer(
     help="Latency and throughput of an OpenAI-compatible server (TTFT, TPOT, ITL, E2E, goodput).",
@@ -171,7 +172,7 @@ def _check(
     if artifact is not None and not artifact.is_dir():
         raise ValueError(f"--artifact: folder not found: {artifact}")
     for name, value, allowed in (
-        ("--backend", backend, ("auto", "torch", "onnxruntime", "tensorrt")),
+        ("--backend", backend, BACKEND_CHOICES),
         ("--scheduler", scheduler, ("continuous", "naive")),
         ("--api", api, ("completions", "chat")),
     ):

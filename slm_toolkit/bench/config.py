@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from slm_toolkit.core.types import NonNegativeInt, PositiveFloat, PositiveInt
+from slm_toolkit.runtime.backends import BackendChoice
 
 SLO_KEYS = ("ttft", "tpot", "itl", "e2el")
 
@@ -51,7 +52,7 @@ class BenchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    backend: BackendChoice = "auto"
     concurrency: list[int] = [1, 4, 16]
     num_requests: PositiveInt = 64
     input_len: PositiveInt = 32

@@ -42,6 +42,7 @@ def run(cfg: BenchConfig, inp: StageInput) -> StageOutput:
         scheduler=cfg.scheduler,
         max_batch_size=cfg.max_batch_size,
         device=inp.device,
+        extra=["--threads", str(inp.threads)] if inp.threads else None,
     ) as (url, _proc):
         ready_s = time.perf_counter() - start
         info = {

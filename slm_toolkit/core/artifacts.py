@@ -3,7 +3,9 @@
 An artifact is a folder other tools open without us: a Hugging Face model folder
 (config.json + model.safetensors + tokenizer files), an ONNX folder (model.onnx + config.json +
 tokenizer files) or a TensorRT engine folder, each with `slm_meta.json` describing its lineage
-(`{"kind", "stage", "parent", "metrics", ...}`).
+(`{"kind", "stage", "parent", "metrics", ...}`). `Kind` below is the one list of artifact kinds;
+a quantized Hugging Face folder says `"kind": "hf-quantized"` and, in `"format"`, how its weights
+were saved (models/quantized.py reopens it from that, without looking at the files).
 
 Everything here writes through a temporary sibling renamed into place, so a crash never leaves
 a half-written file or folder that looks whole.
@@ -18,12 +20,55 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 META_FILE = "slm_meta.json"
-KINDS = ("hf", "onnx", "tensorrt")
 _CHUNK = 1 << 20
+
+
+class Kind(str, Enum):
+    """What an artifact folder holds. The value is what `slm_meta.json` says in "kind"."""
+
+    HF = "hf"  # a Hugging Face folder with float weights
+    HF_QUANTIZED = "hf-quantized"  # a Hugging Face folder with torchao/bitsandbytes weights
+    ONNX = "onnx"  # optimum's merged decoder (model.onnx) and its quantized variants
+    TENSORRT = "tensorrt"  # a TensorRT engine built from the ONNX export
+
+    def __str__(self) -> str:  # "hf", not "Kind.HF", in messages and f-strings
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def hf_folder(self) -> bool:
+        """A Hugging Face folder (config.json + safetensors): opened with transformers."""
+        return KIND_TABLE[self].hf_folder
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """One row of the artifact kinds table."""
+
+    kind: Kind
+    what: str  # for messages and docs
+    hf_folder: bool  # config.json + safetensors, opened with transformers
+    marker_suffixes: tuple[str, ...] = ()  # files that identify it when slm_meta.json is silent
+
+
+KIND_TABLE: dict[Kind, KindInfo] = {
+    row.kind: row
+    for row in [
+        KindInfo(Kind.HF, "a Hugging Face folder", hf_folder=True),
+        KindInfo(Kind.HF_QUANTIZED, "a quantized Hugging Face folder (torchao, bitsandbytes)", hf_folder=True),
+        KindInfo(Kind.ONNX, "an ONNX folder (model.onnx)", hf_folder=False, marker_suffixes=(".onnx",)),
+        KindInfo(Kind.TENSORRT, "a TensorRT engine folder", hf_folder=False, marker_suffixes=(".engine", ".plan")),
+    ]
+}
+ENGINE_FILE = "model.engine"  # the TensorRT engine inside its folder (written by export, read by runtime)
 
 
 def _umask() -> int:
@@ -86,21 +131,24 @@ def read_meta(folder: Path | str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def artifact_kind(folder: Path | str) -> str:
-    """ "hf", "onnx" or "tensorrt": from slm_meta.json when present, else from the files."""
+def artifact_kind(folder: Path | str) -> Kind:
+    """The folder's Kind: what slm_meta.json says, else (a folder we did not write) from its files."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"artifact folder not found: {folder}")
     kind = read_meta(folder).get("kind")
-    if kind in KINDS:
-        return kind
+    if kind is not None:
+        try:
+            return Kind(kind)
+        except ValueError:
+            known = ", ".join(k.value for k in Kind)
+            raise ValueError(f"{folder / META_FILE} names an unknown kind {kind!r} (known: {known})") from None
     names = {p.name for p in folder.iterdir()}
-    if any(n.endswith(".onnx") for n in names):
-        return "onnx"
-    if any(n.endswith((".engine", ".plan")) for n in names):
-        return "tensorrt"
+    for row in KIND_TABLE.values():
+        if row.marker_suffixes and any(n.endswith(row.marker_suffixes) for n in names):
+            return row.kind
     if "config.json" in names:
-        return "hf"
+        return Kind.HF
     raise ValueError(
         f"{folder} is not a model artifact: expected config.json (Hugging Face), "
         "model.onnx (ONNX) or an .engine/.plan file (TensorRT)"

@@ -6,7 +6,7 @@
         latency_repeats: 5       # timed batch-1 generations (after one warm-up)
         limit: null              # use only the first N eval examples
         reference: null          # null = the recipe's `model`; or a path to a reference artifact
-        backend: auto            # auto | torch | onnxruntime
+        backend: auto            # auto | torch | onnxruntime | tensorrt (runtime/backends.py)
         model: null              # evaluate this model instead of the stage's input (a path or
                                  # builtin:arith-student); the input passes through unchanged
 
@@ -15,9 +15,9 @@ Pydantic only (no torch): `slm validate` imports this module.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, field_validator
+
+from slm_toolkit.runtime.backends import BackendChoice
 
 
 class EvaluateConfig(BaseModel):
@@ -30,7 +30,7 @@ class EvaluateConfig(BaseModel):
     latency_repeats: int = 5
     limit: int | None = None
     reference: str | None = None
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    backend: BackendChoice = "auto"
     model: str | None = None
 
     @field_validator("model")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slm_toolkit.core.artifacts import artifact_kind, read_meta, write_json_atomic
+from slm_toolkit.core.artifacts import Kind, artifact_kind, read_meta, write_json_atomic
 from slm_toolkit.evaluate.config import EvaluateConfig
 from slm_toolkit.measures import metrics as M
 from slm_toolkit.stage import StageInput, StageOutput
@@ -50,7 +50,7 @@ def run(cfg: EvaluateConfig, inp: StageInput) -> StageOutput:
 
     # quality
     t0 = time.perf_counter()
-    generator = load_generator(artifact, backend=cfg.backend, device=inp.device)
+    generator = load_generator(artifact, backend=cfg.backend, device=inp.device, threads=inp.threads)
     quality = M.exact_match(generator, tokenizer, examples, max_new, cfg.batch_size, progress=True)
     timings["generate_s"] = time.perf_counter() - t0
     metrics: dict[str, float] = {
@@ -78,7 +78,15 @@ def run(cfg: EvaluateConfig, inp: StageInput) -> StageOutput:
     t0 = time.perf_counter()
     reference = _reference_folder(cfg.reference, inp.model)
     ref_acc = reference_accuracy(
-        reference, artifact, quality["accuracy"], examples, max_new, cfg.batch_size, inp.device, inp.run_dir
+        reference,
+        artifact,
+        quality["accuracy"],
+        examples,
+        max_new,
+        cfg.batch_size,
+        inp.device,
+        inp.run_dir,
+        inp.threads,
     )
     timings["reference_s"] = time.perf_counter() - t0
     metrics["reference_accuracy"] = ref_acc
@@ -92,9 +100,9 @@ def run(cfg: EvaluateConfig, inp: StageInput) -> StageOutput:
     )
 
 
-def _torch_model(generator: Any, artifact: Path, kind: str, device: str) -> Any:
+def _torch_model(generator: Any, artifact: Path, kind: Kind, device: str) -> Any:
     """The torch module behind the artifact (for perplexity and parameters), or None if not HF."""
-    if kind != "hf":
+    if not kind.hf_folder:  # float or quantized Hugging Face weights; exported models have no torch module
         return None
     model = getattr(generator, "model", None)
     if model is not None and hasattr(model, "parameters"):
@@ -104,10 +112,10 @@ def _torch_model(generator: Any, artifact: Path, kind: str, device: str) -> Any:
     return load_model(artifact, device=device)[0]
 
 
-def _parameters(model: Any, artifact: Path, kind: str) -> int:
+def _parameters(model: Any, artifact: Path, kind: Kind) -> int:
     if model is not None:
         return M.count_parameters(model)
-    if kind == "onnx":
+    if kind == Kind.ONNX:
         return M.onnx_parameter_count(artifact)
     return int(read_meta(artifact).get("metrics", {}).get("params", 0))  # engines: from the lineage
 
@@ -139,6 +147,7 @@ def reference_accuracy(
     batch_size: int,
     device: str,
     run_dir: Path,
+    threads: int | None = None,
 ) -> float:
     """Exact-match accuracy of `reference` on `examples`, cached in `<run_dir>/cache/`.
 
@@ -155,7 +164,7 @@ def reference_accuracy(
         from slm_toolkit.models.load import load_tokenizer
         from slm_toolkit.runtime.loader import load_generator
 
-        generator = load_generator(reference, backend="auto", device=device)
+        generator = load_generator(reference, backend="auto", device=device, threads=threads)
         tokenizer = load_tokenizer(reference)
         accuracy = M.exact_match(generator, tokenizer, examples, max_new, batch_size, progress=True)["accuracy"]
     write_json_atomic(

@@ -14,6 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slm_toolkit.core.artifacts import Kind
+from slm_toolkit.core.types import Fraction01, PositiveFloat, PositiveInt
+
 
 class Range(BaseModel):
     """A TensorRT optimization profile dimension: [min, opt, max]."""
@@ -52,37 +55,16 @@ class ParityConfig(BaseModel):
     """The gate an export must pass: ONNX logits vs PyTorch and greedy tokens on eval prompts."""
 
     model_config = ConfigDict(extra="forbid")
-    atol: float = Field(1e-3, description="max |logit difference| allowed (fp32 exports agree to ~1e-5)")
-    prompts: int = Field(8, description="eval prompts checked")
-    new_tokens: int = Field(16, description="greedy tokens compared per prompt")
-    min_token_agreement: float = Field(1.0, description="fraction of prompts whose greedy tokens must agree")
-
-    @field_validator("atol")
-    @classmethod
-    def _atol(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError("must be > 0")
-        return v
-
-    @field_validator("prompts", "new_tokens")
-    @classmethod
-    def _count(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("min_token_agreement")
-    @classmethod
-    def _fraction(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError("must be between 0 and 1")
-        return v
+    atol: PositiveFloat = Field(1e-3, description="max |logit difference| allowed (fp32 exports agree to ~1e-5)")
+    prompts: PositiveInt = Field(8, description="eval prompts checked")
+    new_tokens: PositiveInt = Field(16, description="greedy tokens compared per prompt")
+    min_token_agreement: Fraction01 = Field(1.0, description="fraction of prompts whose greedy tokens must agree")
 
 
 class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["onnx", "tensorrt"] = "onnx"
+    format: Literal["onnx", "tensorrt"] = "onnx"  # = the Kind it produces
     optimize: Literal["none", "basic", "all"] = Field(
         "basic",
         description="ONNX Runtime graph optimization saved into model.onnx (basic is portable; "
@@ -138,11 +120,12 @@ def tensorrt_unavailable_reason(precision: str = "fp16") -> str | None:
     return None
 
 
-def output_kind(cfg: ExportConfig, input_kind: str) -> str:
-    """The artifact kind this stage produces; ValueError if the input cannot be exported."""
-    if input_kind != "hf":
+def output_kind(cfg: ExportConfig, input_kind: Kind) -> Kind:
+    """The artifact kind this stage produces (the format's kind); ValueError if the input cannot be exported."""
+    if input_kind != Kind.HF:
+        where = "torchao/bitsandbytes" if input_kind == Kind.HF_QUANTIZED else "ort_*"
         raise ValueError(
-            f"export takes a Hugging Face model folder, not a {input_kind} artifact: "
-            "put export before any ort_* quantize scheme"
+            f"export takes a Hugging Face model folder with float weights, not a {input_kind} artifact: "
+            f"put export before any {where} quantize scheme"
         )
-    return cfg.format
+    return Kind(cfg.format)

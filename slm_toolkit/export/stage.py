@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slm_toolkit.core.artifacts import artifact_kind, write_meta
+from slm_toolkit.core.artifacts import Kind, artifact_kind, write_meta
 from slm_toolkit.data.segments import prompt_ids
 from slm_toolkit.export.config import ExportConfig, output_kind
 from slm_toolkit.export.tensorrt import ENGINE_FILE, build_engine
@@ -53,7 +53,7 @@ def run(cfg: ExportConfig, inp: StageInput) -> StageOutput:
 
     # check + measure
     t1 = time.perf_counter()
-    reference, exported = open_pair(src, dst, kind, inp.device)
+    reference, exported = open_pair(src, dst, kind, inp.device, inp.threads)
     metrics = parity(reference, exported, prompts, cfg.parity.new_tokens)
     gate(metrics, cfg.parity.atol, cfg.parity.min_token_agreement)
     metrics.update(measure(reference, exported, prompts[0], dst))
@@ -100,7 +100,7 @@ def export_model(cfg: ExportConfig, src: Path, dst: Path, device: str, prompts: 
     copy_tokenizer(src, dst)
 
 
-def open_pair(src: Path, dst: Path, kind: str, device: str) -> tuple[Any, Any]:
+def open_pair(src: Path, dst: Path, kind: Kind, device: str, threads: int | None = None) -> tuple[Any, Any]:
     """(PyTorch reference, exported model) as Generators."""
     import torch
 
@@ -108,11 +108,11 @@ def open_pair(src: Path, dst: Path, kind: str, device: str) -> tuple[Any, Any]:
 
     reference = TorchGenerator.from_folder(src, device=device, dtype=torch.float32)  # what optimum exports
     ort_device = "cpu"  # the CPU onnxruntime is what is installed; onnxruntime-gpu users get CUDA below
-    if kind == "onnx" and device.startswith("cuda"):
+    if kind == Kind.ONNX and device.startswith("cuda"):
         import onnxruntime as ort
 
         ort_device = device if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-    exported = load_generator(dst, device=device if kind == "tensorrt" else ort_device)
+    exported = load_generator(dst, device=device if kind == Kind.TENSORRT else ort_device, threads=threads)
     return reference, exported
 
 

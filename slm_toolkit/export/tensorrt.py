@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ENGINE_FILE = "model.engine"
+from slm_toolkit.core.artifacts import ENGINE_FILE  # noqa: F401 - where the engine is written (export/stage)
+
 PROFILE_NAMES = ("prefill", "decode")
 Shape = tuple[int, ...]
 

@@ -1,4 +1,4 @@
-"""Load a model folder (a plain Hugging Face folder) with transformers, safetensors only."""
+"""Load a model folder (a Hugging Face folder, float or quantized) with transformers, safetensors only."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_toolkit.core.errors import ModelNotAvailable
+from slm_toolkit.models.quantized import load_quantized, quant_format
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -69,21 +70,17 @@ def load_model(
 def load_causal_lm(path: Path | str, device: str = "cpu", dtype: Any = None, trust_remote_code: bool = False) -> Any:
     """The model of a Hugging Face folder in eval mode on `device`, quantized folders included.
 
-    torchao folders are saved with torchao's own safetensors layout (transformers 4.57 would
-    pickle them) and bitsandbytes models are placed by device_map (they refuse `.to`): each is
-    reopened by its quantize backend, so every caller (runtime, evaluate, distill) gets them right.
+    A quantized folder says so in its slm_meta.json (kind hf-quantized, and its format): it is
+    reopened by that format's function (models/quantized.py), so every caller (runtime, evaluate,
+    bench, serve) gets it right. `dtype` applies to float folders only.
     """
     from transformers import AutoModelForCausalLM
 
-    from slm_toolkit.quantize.bnb import is_bnb_folder, load_bnb_model
-    from slm_toolkit.quantize.torchao_backend import is_torchao_folder, load_torchao_model
-
     path = Path(path)
     check_safetensors(path)
-    if is_torchao_folder(path):
-        return load_torchao_model(path, device)
-    if is_bnb_folder(path):
-        return load_bnb_model(path, device)
+    fmt = quant_format(path)
+    if fmt is not None:
+        return load_quantized(path, fmt, device)
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=_torch_dtype(dtype),

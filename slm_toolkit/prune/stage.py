@@ -69,7 +69,7 @@ def run(cfg: PruneConfig, inp: StageInput) -> StageOutput:
     model.save_pretrained(dst, safe_serialization=True)
     tokenizer.save_pretrained(dst)
     reloaded, reload_diff = reload_gate(model, dst, batches[0])
-    onnx = onnx_gate(reloaded, dst, tokenizer, inp.data.eval or inp.data.train)
+    onnx = onnx_gate(reloaded, dst, tokenizer, inp.data.eval or inp.data.train, inp.threads)
     gate_s = time.perf_counter() - t1
 
     # measure
@@ -180,7 +180,9 @@ def reload_gate(model: Any, folder: Path, batch: Any) -> tuple[Any, float]:
     return reloaded, diff
 
 
-def onnx_gate(reloaded: Any, folder: Path, tokenizer: Any, examples: list) -> dict[str, float]:
+def onnx_gate(
+    reloaded: Any, folder: Path, tokenizer: Any, examples: list, threads: int | None = None
+) -> dict[str, float]:
     """Export to ONNX (optimum, via models/onnx_export.py) in a hidden scratch folder and require the same greedy
     tokens as PyTorch on a few prompts (the export stage's parity check). The scratch is removed."""
     from slm_toolkit.data.segments import prompt_ids
@@ -192,7 +194,9 @@ def onnx_gate(reloaded: Any, folder: Path, tokenizer: Any, examples: list) -> di
     scratch = folder / ".onnx_check"
     try:
         export_onnx(folder, scratch, optimize="none")
-        metrics = parity(TorchGenerator(reloaded), load_generator(scratch, device="cpu"), prompts, ONNX_NEW_TOKENS)
+        metrics = parity(
+            TorchGenerator(reloaded), load_generator(scratch, device="cpu", threads=threads), prompts, ONNX_NEW_TOKENS
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if metrics["parity_token_agreement"] < 1.0 or not metrics["parity_max_abs_logit_diff"] < float("inf"):

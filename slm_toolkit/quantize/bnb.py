@@ -1,7 +1,8 @@
 """bitsandbytes quantization of a Hugging Face folder: LLM.int8 (8-bit) and NF4 (4-bit).
 
 transformers' `BitsAndBytesConfig` path end to end: the saved folder (safetensors) reloads with
-`AutoModelForCausalLM.from_pretrained`. Two CPU traps (../shared/ENVIRONMENT.md):
+`AutoModelForCausalLM.from_pretrained` (models/quantized.load_bnb_model, format "bitsandbytes").
+Two CPU traps, both met in bitsandbytes 0.50:
 - save before the first forward pass: bitsandbytes rewrites 4-bit/8-bit weights in place when it
   runs them on CPU, and a later `save_pretrained` writes different weights;
 - NF4 on CPUs with AVX512-BF16 (bitsandbytes repacks the weights for its kernel at inference)
@@ -14,25 +15,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-BNB_SCHEMES = ("bnb_int8", "bnb_nf4")
+from slm_toolkit.models.quantized import require_bitsandbytes
+
 NF4_CPU_OUT_MULTIPLE = 32
 NF4_CPU_IN_MULTIPLE = 64
 
 
 def bnb_config(scheme: str) -> Any:
+    """transformers' BitsAndBytesConfig for one of our scheme names (a scheme's bnb settings live here)."""
     import torch
     from transformers import BitsAndBytesConfig
 
-    if scheme == "bnb_int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    if scheme == "bnb_nf4":
-        return BitsAndBytesConfig(
+    configs = {
+        "bnb_int8": lambda: BitsAndBytesConfig(load_in_8bit=True),
+        "bnb_nf4": lambda: BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=torch.float32,
             bnb_4bit_use_double_quant=False,
-        )
-    raise ValueError(f"{scheme!r} is not a bitsandbytes scheme; choose one of {', '.join(BNB_SCHEMES)}")
+        ),
+    }
+    if scheme not in configs:
+        raise ValueError(f"{scheme!r} is not a bitsandbytes scheme; choose one of {', '.join(configs)}")
+    return configs[scheme]()
 
 
 def linear_shapes(src: Path) -> dict[str, tuple[int, int]]:
@@ -69,7 +74,7 @@ def quantize_bnb(src: Path, dst: Path, scheme: str, device: str = "cpu") -> None
     """Load `src` quantized with bitsandbytes and save it to `dst` (before any forward pass)."""
     from transformers import AutoModelForCausalLM
 
-    _require_bitsandbytes()
+    require_bitsandbytes()
     if scheme == "bnb_nf4" and device == "cpu" and _cpu_packs_nf4():
         check_nf4_cpu_dims(linear_shapes(src))
     model = AutoModelForCausalLM.from_pretrained(
@@ -78,32 +83,8 @@ def quantize_bnb(src: Path, dst: Path, scheme: str, device: str = "cpu") -> None
     model.save_pretrained(str(dst), safe_serialization=True)  # first, before any forward pass
 
 
-def is_bnb_folder(folder: Path) -> bool:
-    import json
-
-    cfg = Path(folder) / "config.json"
-    qc = (json.loads(cfg.read_text()).get("quantization_config") or {}) if cfg.is_file() else {}
-    return qc.get("quant_method") == "bitsandbytes"
-
-
-def load_bnb_model(folder: Path, device: str = "cpu") -> Any:
-    """Reload a saved bitsandbytes folder on `device` (bnb models are placed by device_map, never `.to`)."""
-    from transformers import AutoModelForCausalLM
-
-    _require_bitsandbytes()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), device_map=device, use_safetensors=True)
-    return model.eval()
-
-
 def _cpu_packs_nf4() -> bool:
     """bitsandbytes repacks NF4 weights for its AVX512-BF16 kernel at inference (the shape limits)."""
     from bitsandbytes.functional import has_avx512bf16
 
     return bool(has_avx512bf16())
-
-
-def _require_bitsandbytes() -> None:
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as e:  # a pinned dependency, but a broken install should say what is missing
-        raise RuntimeError(f"bitsandbytes is not importable ({e}): pip install bitsandbytes==0.50.2") from e

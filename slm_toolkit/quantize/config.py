@@ -5,9 +5,10 @@
     - quantize: {scheme: ort_int8_static, calibration: {samples: 64}}
     - quantize: {scheme: int8_dynamic, limit: 200}   # eval examples for the accuracy delta (null = all)
 
-Schemes that start with `ort_` apply to an exported ONNX artifact and produce one; the others
-apply to a Hugging Face folder and produce one. fp8 needs a CUDA GPU of compute capability
->= 8.9 (Ada / Hopper and later): on anything else the recipe fails at load time, before any work.
+The schemes, the artifact kind each takes and produces and the hardware each needs are the rows
+of quantize/schemes.py: `ort_*` schemes apply to an exported ONNX artifact and produce one; the
+others apply to a Hugging Face folder and produce a quantized one. A scheme whose hardware is
+missing (fp8 needs a CUDA GPU of compute capability >= 8.9) fails the recipe at load time.
 """
 
 from __future__ import annotations
@@ -16,47 +17,27 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Scheme = Literal[
-    "int8_weight_only",
-    "int8_dynamic",
-    "fp8",
-    "bnb_int8",
-    "bnb_nf4",
-    "ort_int8_dynamic",
-    "ort_int8_static",
-    "ort_int4",
-]
+from slm_toolkit.core.artifacts import Kind
+from slm_toolkit.core.types import PositiveInt
+from slm_toolkit.quantize.fp8 import fp8_unavailable_reason  # noqa: F401 - re-exported for callers
+from slm_toolkit.quantize.schemes import SCHEMES, schemes_taking
 
-FP8_MIN_CAPABILITY = (8, 9)
+SchemeName = Literal[tuple(SCHEMES)]  # type: ignore[valid-type]  # the table's names, in its order
 
 
 class CalibrationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    samples: int = Field(64, description="prompts from the recipe's data fed through the model")
-
-    @field_validator("samples")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    samples: PositiveInt = Field(64, description="prompts from the recipe's data fed through the model")
 
 
 class QuantizeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    scheme: Scheme = "int8_dynamic"
+    scheme: SchemeName = "int8_dynamic"
     block_size: int = Field(32, description="ort_int4 only: weights per quantization block")
     calibration: CalibrationConfig = CalibrationConfig()
-    limit: int | None = Field(200, description="eval examples for the accuracy delta vs the input; null = all")
-
-    @field_validator("limit")
-    @classmethod
-    def _limit(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("must be >= 1 (or null for every eval example)")
-        return v
+    limit: PositiveInt | None = Field(200, description="eval examples for the accuracy delta vs the input; null = all")
 
     @field_validator("block_size")
     @classmethod
@@ -68,46 +49,24 @@ class QuantizeConfig(BaseModel):
 
     @field_validator("scheme")
     @classmethod
-    def _fp8_hardware(cls, v: str) -> str:
+    def _hardware(cls, v: str) -> str:
         # a field validator, so the recipe error names the path (`stages[3].quantize.scheme`)
-        if v == "fp8":
-            problem = fp8_unavailable_reason()
-            if problem:
-                raise ValueError(f"fp8 {problem}")
+        row = SCHEMES[v]
+        problem = row.unavailable() if row.unavailable else None
+        if problem:
+            raise ValueError(f"{v} {problem}")
         return v
 
 
-def fp8_unavailable_reason() -> str | None:
-    """Why fp8 cannot run here (None when it can). Imports torch only when fp8 is asked for."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return (
-            "needs a CUDA GPU of compute capability >= 8.9 (Ada/Hopper, e.g. L4, H100, H200); "
-            "no CUDA device is available: use int8_dynamic or int8_weight_only on this machine"
-        )
-    cc = torch.cuda.get_device_capability()
-    if tuple(cc) < FP8_MIN_CAPABILITY:
-        name = torch.cuda.get_device_name()
-        return (
-            f"needs a CUDA GPU of compute capability >= 8.9; {name} has {cc[0]}.{cc[1]}: "
-            "use int8_dynamic or int8_weight_only"
-        )
-    return None
-
-
-def output_kind(cfg: QuantizeConfig, input_kind: str) -> str:
-    """The artifact kind this stage produces from `input_kind`; ValueError if it cannot apply."""
-    if cfg.scheme.startswith("ort_"):
-        if input_kind != "onnx":
-            raise ValueError(
-                f"{cfg.scheme} applies to an exported ONNX artifact: put `export: {{format: onnx}}` before it"
-            )
-        return "onnx"
-    if input_kind != "hf":
-        raise ValueError(
-            f"{cfg.scheme} applies to a Hugging Face model folder, not a {input_kind} artifact: "
-            "put it before `export`, or use an ort_* scheme (ort_int8_dynamic, ort_int8_static, "
-            "ort_int4) after an ONNX export"
-        )
-    return "hf-quantized"  # registry.HF_QUANTIZED: servable, but no longer exportable or trainable
+def output_kind(cfg: QuantizeConfig, input_kind: Kind) -> Kind:
+    """The artifact kind this stage produces from `input_kind` (the scheme's row); ValueError with
+    the fix when the scheme does not apply to it."""
+    row = SCHEMES[cfg.scheme]
+    if input_kind == row.accepts:
+        return row.produces
+    if row.accepts == Kind.ONNX:
+        raise ValueError(f"{cfg.scheme} applies to an exported ONNX artifact: put `export: {{format: onnx}}` before it")
+    raise ValueError(
+        f"{cfg.scheme} applies to a Hugging Face model folder, not a {input_kind} artifact: put it before "
+        f"`export`, or use an ort_* scheme ({', '.join(schemes_taking(Kind.ONNX))}) after an ONNX export"
+    )

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ORT_SCHEMES = ("ort_int8_dynamic", "ort_int8_static", "ort_int4")
 MODEL_FILE = "model.onnx"
 # Protobuf caps a single .onnx file at 2 GB: above this, weights go to an external data file.
 _EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -41,17 +40,16 @@ def quantize_onnx(
             f"{src} has no {MODEL_FILE}: {scheme} needs an ONNX export (`export: {{format: onnx}}`)"
         )
     model_out.parent.mkdir(parents=True, exist_ok=True)
-    external = _needs_external_data(Path(src))
-    if scheme == "ort_int8_dynamic":
-        _dynamic(model_in, model_out, external)
-    elif scheme == "ort_int8_static":
-        if not calibration_prompts:
-            raise ValueError("ort_int8_static needs calibration prompts (the recipe's data gave none)")
-        _static(model_in, model_out, calibration_prompts, external)
-    elif scheme == "ort_int4":
-        _int4(model_in, model_out, block_size, external)
-    else:
-        raise ValueError(f"{scheme!r} is not an ONNX Runtime scheme; choose one of {', '.join(ORT_SCHEMES)}")
+    steps = {  # a scheme's onnxruntime settings live in its function below
+        "ort_int8_dynamic": lambda external: _dynamic(model_in, model_out, external),
+        "ort_int8_static": lambda external: _static(model_in, model_out, calibration_prompts, external),
+        "ort_int4": lambda external: _int4(model_in, model_out, block_size, external),
+    }
+    if scheme not in steps:
+        raise ValueError(f"{scheme!r} is not an ONNX Runtime scheme; choose one of {', '.join(steps)}")
+    if scheme == "ort_int8_static" and not calibration_prompts:
+        raise ValueError("ort_int8_static needs calibration prompts (the recipe's data gave none)")
+    steps[scheme](_needs_external_data(Path(src)))
     return model_out
 
 

@@ -1,9 +1,10 @@
 """The `quantize` stage: quantize the input artifact into the stage folder, then measure it.
 
-    setup    the input artifact's kind must fit the scheme (HF folder, or ONNX for ort_*)
-    quantize one backend per scheme family: torchao (int8, W8A8, fp8), bitsandbytes (8-bit, NF4),
-             onnxruntime (int8 dynamic, int8 static QDQ, int4 MatMulNBits); side files (tokenizer,
-             config for ONNX) are copied so the folder keeps the input's layout
+    setup    the input artifact's kind must fit the scheme (its row in schemes.py: HF, or ONNX for ort_*)
+    quantize the row's function: torchao (int8, W8A8, fp8), bitsandbytes (8-bit, NF4), onnxruntime
+             (int8 dynamic, int8 static QDQ, int4 MatMulNBits); side files (tokenizer, config for
+             ONNX) are copied so the folder keeps the input's layout; slm_meta.json says the kind
+             (hf-quantized or onnx) and the row's format, by which the folder is reopened
     measure  the saved artifact is reopened from disk (proving it reloads) and compared with the
              input: bytes on disk, exact-match accuracy on the eval prompts, batch-1 decode latency
     save     slm_meta.json; a report line that warns when the quantized artifact decodes slower
@@ -20,8 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from slm_toolkit.core.artifacts import artifact_kind, write_meta
+from slm_toolkit.data.segments import prompt_ids
 from slm_toolkit.measures.latency import interleaved_latency
+from slm_toolkit.measures.metrics import bytes_on_disk, exact_match, generation_budget
+from slm_toolkit.models.load import load_tokenizer
+from slm_toolkit.models.quantized import FORMAT_KEY
 from slm_toolkit.quantize.config import QuantizeConfig, output_kind
+from slm_toolkit.quantize.schemes import SCHEMES, QuantizeJob
+from slm_toolkit.runtime.loader import load_generator
 from slm_toolkit.stage import StageInput, StageOutput
 
 LATENCY_NEW_TOKENS = 32
@@ -33,30 +41,33 @@ _NOT_COPIED_NAMES = {"model.safetensors.index.json", "slm_meta.json", "metrics.j
 
 
 def run(cfg: QuantizeConfig, inp: StageInput) -> StageOutput:
-    from slm_toolkit.core.artifacts import artifact_kind, write_meta
-    from slm_toolkit.data.segments import prompt_ids
-    from slm_toolkit.models.load import load_tokenizer
-
     # setup
     src, dst = Path(inp.artifact), Path(inp.workdir)
-    in_kind = artifact_kind(src)
-    out_kind = output_kind(cfg, in_kind)  # ValueError with the fix when the order is wrong
+    row = SCHEMES[cfg.scheme]
+    out_kind = output_kind(cfg, artifact_kind(src))  # ValueError with the fix when the order is wrong
     tokenizer = load_tokenizer(src)
     examples = list(inp.data.eval)[: cfg.limit] if cfg.limit else list(inp.data.eval)
     if not examples:
         raise ValueError("quantize needs eval examples to measure the accuracy delta (data.eval is empty)")
 
-    # quantize
+    # quantize: the scheme's function writes the model files; slm_meta.json says how to reopen them
     t0 = time.perf_counter()
-    static = cfg.scheme == "ort_int8_static"
-    calibration = _calibration_prompts(tokenizer, inp, cfg.calibration.samples) if static else []
-    quantize_artifact(cfg.scheme, src, dst, inp.device, cfg.block_size, calibration)
+    calibration = _calibration_prompts(tokenizer, inp, cfg.calibration.samples) if row.calibrated else []
+    job = QuantizeJob(cfg.scheme, device=inp.device, block_size=cfg.block_size, calibration=calibration)
+    row.quantize(src, dst, job)
     copy_side_files(src, dst)
+    meta = {"kind": out_kind, "stage": "quantize", "parent": str(src), "scheme": cfg.scheme}
+    if row.reopen_format:
+        meta[FORMAT_KEY] = row.reopen_format
+    meta["config"] = cfg.model_dump()
+    write_meta(dst, **meta)
     quantize_s = time.perf_counter() - t0
 
-    # measure (the quantized model is reopened from disk)
+    # measure (the quantized model is reopened from disk, as evaluate, bench and serve will)
     t1 = time.perf_counter()
-    generators = {"input": open_generator(src, inp.device), "output": open_generator(dst, inp.device)}
+    generators = {
+        name: open_generator(folder, inp.device, inp.threads) for name, folder in (("input", src), ("output", dst))
+    }
     latency = interleaved_latency(
         generators, prompt_ids(tokenizer, examples[0].prompt), LATENCY_NEW_TOKENS, LATENCY_REPEATS
     )
@@ -66,48 +77,13 @@ def run(cfg: QuantizeConfig, inp: StageInput) -> StageOutput:
     measure_s = time.perf_counter() - t1
 
     # save
-    # On disk a torchao/bnb result is still a Hugging Face folder ("hf"); "hf-quantized" is the
-    # recipe-level kind that stops export/distill/prune after it (registry.HF_QUANTIZED).
-    disk_kind = "hf" if out_kind == "hf-quantized" else out_kind
-    write_meta(
-        dst,
-        kind=disk_kind,
-        stage="quantize",
-        parent=str(src),
-        scheme=cfg.scheme,
-        config=cfg.model_dump(),
-        metrics=metrics,
-    )
+    write_meta(dst, **meta, metrics=metrics)
     return StageOutput(
         artifact=dst,
         metrics=metrics,
         timings={"quantize_s": quantize_s, "measure_s": measure_s},
         extra={"report_md": report_md(cfg.scheme, metrics)},
     )
-
-
-def quantize_artifact(
-    scheme: str, src: Path, dst: Path, device: str, block_size: int, calibration: list[list[int]]
-) -> None:
-    """Dispatch one scheme to its backend; each writes its model files into `dst`."""
-    if scheme in ("int8_weight_only", "int8_dynamic"):
-        from slm_toolkit.quantize.torchao_backend import quantize_torchao
-
-        quantize_torchao(src, dst, scheme, device=device)
-    elif scheme == "fp8":
-        from slm_toolkit.quantize.fp8 import quantize_fp8
-
-        quantize_fp8(src, dst, device)
-    elif scheme in ("bnb_int8", "bnb_nf4"):
-        from slm_toolkit.quantize.bnb import quantize_bnb
-
-        quantize_bnb(src, dst, scheme, device=device)
-    elif scheme.startswith("ort_"):
-        from slm_toolkit.quantize.ort import quantize_onnx
-
-        quantize_onnx(src, dst, scheme, block_size=block_size, calibration_prompts=calibration)
-    else:
-        raise ValueError(f"unknown quantization scheme {scheme!r}")
 
 
 def copy_side_files(src: Path, dst: Path) -> None:
@@ -122,39 +98,22 @@ def copy_side_files(src: Path, dst: Path) -> None:
 
 def _calibration_prompts(tokenizer: Any, inp: StageInput, samples: int) -> list[list[int]]:
     """Tokenized generation prompts for static calibration: train prompts first, then eval."""
-    from slm_toolkit.data.segments import prompt_ids
-
     pool = list(inp.data.train) + list(inp.data.eval)
     if not pool:
         raise ValueError("ort_int8_static needs the recipe's data for calibration, and it has no examples")
     return [prompt_ids(tokenizer, ex.prompt) for ex in pool[:samples]]
 
 
-def open_generator(folder: Path, device: str) -> Any:
-    """A Generator over the artifact, reloaded from disk.
-
-    torchao folders need our loader (see torchao_backend); bitsandbytes models are placed with
-    `device_map` and refuse `.to(device)`; everything else goes through the runtime's loader.
-    """
-    from slm_toolkit.quantize.bnb import is_bnb_folder, load_bnb_model
-    from slm_toolkit.quantize.torchao_backend import is_torchao_folder, load_torchao_model
-
-    if is_torchao_folder(folder) or is_bnb_folder(folder):
-        from slm_toolkit.runtime.torch import TorchGenerator
-
-        load = load_torchao_model if is_torchao_folder(folder) else load_bnb_model
-        return TorchGenerator(load(folder, device=device))
-    from slm_toolkit.runtime.loader import load_generator
-
-    return load_generator(folder, device=device)
+def open_generator(folder: Path, device: str, threads: int | None = None) -> Any:
+    """A Generator over the artifact, reloaded from disk by the runtime's loader (a quantized
+    folder's slm_meta.json says how its weights are reopened)."""
+    return load_generator(folder, device=device, threads=threads)
 
 
 def measure(
     generator: Any, tokenizer: Any, examples: list[Any], folder: Path, speed: dict[str, float]
 ) -> dict[str, float]:
     """Bytes on disk and exact-match accuracy of one artifact, with its measured latency."""
-    from slm_toolkit.measures.metrics import bytes_on_disk, exact_match, generation_budget
-
     quality = exact_match(generator, tokenizer, examples, generation_budget(tokenizer, examples))
     return {
         "bytes": float(bytes_on_disk(folder)),

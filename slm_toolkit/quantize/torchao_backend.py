@@ -10,24 +10,23 @@ cannot, in the pinned versions, and this module fills that gap with torchao's ow
   keys and returns a tuple; a folder saved either way does not reload through `from_pretrained`.
 
 So we save with `torchao.prototype.safetensors.flatten_tensor_state_dict` (plain tensors plus a
-JSON description of each torchao tensor in the safetensors metadata: no pickle) and reload with
-`load_torchao_model`, which rebuilds the model from config.json and restores the torchao tensors
-with `unflatten_tensor_state_dict`. config.json keeps transformers' `quantization_config`, so a
-plain `from_pretrained` fails loudly on such a folder instead of loading random weights.
+JSON description of each torchao tensor in the safetensors metadata: no pickle); the folder is
+reopened by models/quantized.load_torchao_model (format "torchao" in slm_meta.json), which
+rebuilds the model from config.json and restores the torchao tensors with
+`unflatten_tensor_state_dict`. config.json keeps transformers' `quantization_config`, so a plain
+`from_pretrained` fails loudly on such a folder instead of loading random weights.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-TORCHAO_SCHEMES = ("int8_weight_only", "int8_dynamic", "fp8")
-WEIGHTS = "model.safetensors"
+from slm_toolkit.models.quantized import TORCHAO_WEIGHTS as WEIGHTS
 
 
 def ao_config(scheme: str) -> Any:
-    """The torchao config object for one of our scheme names."""
+    """The torchao config object for one of our scheme names (a scheme's torchao settings live here)."""
     from torchao.quantization import (
         Float8DynamicActivationFloat8WeightConfig,
         Int8DynamicActivationInt8WeightConfig,
@@ -35,14 +34,15 @@ def ao_config(scheme: str) -> Any:
         PerRow,
     )
 
-    if scheme == "int8_weight_only":
-        return Int8WeightOnlyConfig()  # per-row int8 weights, activations stay float
-    if scheme == "int8_dynamic":
-        return Int8DynamicActivationInt8WeightConfig()  # W8A8: per-token int8 activations at run time
-    if scheme == "fp8":
+    configs = {
+        "int8_weight_only": Int8WeightOnlyConfig,  # per-row int8 weights, activations stay float
+        "int8_dynamic": Int8DynamicActivationInt8WeightConfig,  # W8A8: per-token int8 activations at run time
         # E4M3 weights and activations, one scale per row / per token (Hopper/Ada fp8 GEMMs)
-        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    raise ValueError(f"{scheme!r} is not a torchao scheme; choose one of {', '.join(TORCHAO_SCHEMES)}")
+        "fp8": lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+    }
+    if scheme not in configs:
+        raise ValueError(f"{scheme!r} is not a torchao scheme; choose one of {', '.join(configs)}")
+    return configs[scheme]()
 
 
 def compute_dtype(scheme: str, device: str) -> Any:
@@ -95,47 +95,3 @@ def _untied_state_dict(model: Any) -> dict[str, Any]:
             seen.add(key)
         out[name] = tensor
     return out
-
-
-def is_torchao_folder(folder: Path) -> bool:
-    """True when config.json says the weights are torchao-quantized."""
-    cfg = Path(folder) / "config.json"
-    if not cfg.is_file():
-        return False
-    qc = json.loads(cfg.read_text()).get("quantization_config") or {}
-    return qc.get("quant_method") == "torchao"
-
-
-def load_torchao_model(folder: Path | str, device: str = "cpu") -> Any:
-    """Rebuild a model saved by `save_torchao` (safetensors only) and return it in eval mode."""
-    import torch
-    from safetensors import safe_open
-    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.modeling_utils import no_init_weights
-
-    folder = Path(folder)
-    config = AutoConfig.from_pretrained(str(folder))
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # build the plain architecture; the weights carry the quantization
-    with safe_open(str(folder / WEIGHTS), framework="pt", device=device) as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    state, leftover = unflatten_tensor_state_dict(tensors, metadata)
-    if leftover:
-        raise ValueError(f"{folder / WEIGHTS}: tensors not described by its metadata: {sorted(leftover)[:5]}")
-    with no_init_weights(), torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(config, "dtype", None))
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    _check_keys(model, missing, unexpected, folder)
-    return model.eval()
-
-
-def _check_keys(model: Any, missing: list[str], unexpected: list[str], folder: Path) -> None:
-    tied = set(getattr(model, "_tied_weights_keys", None) or []) if model.config.tie_word_embeddings else set()
-    really_missing = sorted(set(missing) - tied)
-    if really_missing or unexpected:
-        raise ValueError(
-            f"{folder} does not match its config.json: missing {really_missing[:5]}, unexpected {unexpected[:5]}"
-        )

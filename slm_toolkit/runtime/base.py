@@ -5,7 +5,7 @@ evaluate, bench and serve use only this interface.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +19,8 @@ class GenerationConfig:
     min_new_tokens: int = 0
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
+    presence_penalty: float = 0.0  # OpenAI's penalties over the generated tokens (decoding.Sampler)
+    frequency_penalty: float = 0.0
 
 
 class Generator(Protocol):
@@ -52,3 +54,45 @@ class Generator(Protocol):
 
     def score(self, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]) -> list[float]:
         """Sum of log-probabilities of each candidate continuation given the prompt (prompt run once)."""
+
+
+def stop_id_set(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
+    """The ids that end a sequence: a config's eos_token_id may be one id, a list, or None."""
+    if eos_token_id is None:
+        return ()
+    if isinstance(eos_token_id, int):
+        return (eos_token_id,)
+    return tuple(int(i) for i in eos_token_id)
+
+
+def _field(source: Any, key: str) -> Any:
+    if source is None:
+        return None
+    return source.get(key) if isinstance(source, Mapping) else getattr(source, key, None)
+
+
+def set_special_tokens(
+    gen: Any,
+    config: Any,
+    generation_config: Any = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+) -> None:
+    """Set a backend's `eos_token_ids`, `eos_token_id` and `pad_token_id`: the one EOS/pad set-up.
+
+    `config` / `generation_config` are the model's config.json and generation_config.json, as dicts
+    or transformers config objects. EOS: `eos_token_id` if given, else the generation config's, else
+    the model config's (every id of a list ends a sequence). Pad: `pad_token_id` if given, else the
+    model config's, else the generation config's, else the first EOS, else 0.
+    """
+    if eos_token_id is None:
+        eos_token_id = _field(generation_config, "eos_token_id")
+    if eos_token_id is None:
+        eos_token_id = _field(config, "eos_token_id")
+    gen.eos_token_ids = stop_id_set(eos_token_id)
+    gen.eos_token_id = gen.eos_token_ids[0] if gen.eos_token_ids else None
+    for candidate in (pad_token_id, _field(config, "pad_token_id"), _field(generation_config, "pad_token_id")):
+        if candidate is not None:
+            gen.pad_token_id = int(candidate)
+            return
+    gen.pad_token_id = gen.eos_token_id if gen.eos_token_id is not None else 0

@@ -16,15 +16,6 @@ import numpy as np
 from slm_toolkit.runtime.base import GenerationConfig
 
 
-def stop_id_set(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
-    """The ids that end a sequence: a config's eos_token_id may be one id, a list, or None."""
-    if eos_token_id is None:
-        return ()
-    if isinstance(eos_token_id, int):
-        return (eos_token_id,)
-    return tuple(int(i) for i in eos_token_id)
-
-
 def _top_p_filter(probs: np.ndarray, top_p: float) -> np.ndarray:
     """Zero every token outside the smallest set whose probability reaches top_p (nucleus)."""
     order = np.argsort(-probs, axis=-1)

@@ -11,9 +11,7 @@ of its time on logits nobody reads). Benchmarks: benchmarks/inference/.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,21 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from slm_toolkit.runtime.base import GenerationConfig
-from slm_toolkit.runtime.decoding import candidate_logprobs, generate, stop_id_set
+from slm_toolkit.runtime.base import GenerationConfig, set_special_tokens
+from slm_toolkit.runtime.decoding import candidate_logprobs, generate
+from slm_toolkit.runtime.ort_common import (
+    as_numpy,
+    execution_providers,
+    lm_head_input,
+    read_json,
+    session_options,
+)
+from slm_toolkit.runtime.ort_fused import FusedOrtGenerator, fusable, fused_graph
 
 LOGITS_START = "slm_logits_start"
-_MATMULS = {
-    "MatMul",
-    "MatMulNBits",
-    "MatMulInteger",
-    "DynamicQuantizeMatMul",
-    "Gemm",
-    "MatMulIntegerToFloat",
-    "FusedMatMul",
-    "QLinearMatMul",
-}
-_QUANT = {"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear"}
 
 
 @dataclass
@@ -49,36 +44,6 @@ class OrtState:
     @property
     def batch_size(self) -> int:
         return int(self.mask.shape[0])
-
-
-def lm_head_input(g: Any, producer: dict) -> str | None:
-    """The tensor the vocabulary projection reads (the final norm's output), or None.
-
-    Walks back from `logits` to the first matrix multiply, then past any quantize/dequantize of
-    its input; None unless every reader of that tensor leads to `logits`.
-    """
-    if "logits" not in producer:
-        return None
-    ancestors, head, queue = set(), None, deque([producer["logits"]])
-    while queue:  # breadth-first from logits: the first matmul met is the lm_head
-        node = queue.popleft()
-        if id(node) in ancestors:
-            continue
-        ancestors.add(id(node))
-        if node.op_type in _MATMULS and head is None:
-            head = node
-            continue
-        queue.extend(producer[x] for x in node.input if x in producer)
-    if head is None:
-        return None
-    hidden = head.input[0]
-    while hidden in producer and producer[hidden].op_type in _QUANT:
-        ancestors.add(id(producer[hidden]))
-        hidden = producer[hidden].input[0]
-    users = [n for n in g.node if hidden in n.input]
-    if not users or any(id(n) not in ancestors for n in users) or hidden not in producer:
-        return None
-    return hidden
 
 
 def last_positions_graph(model_path: Path) -> bytes | None:
@@ -119,22 +84,6 @@ def last_positions_graph(model_path: Path) -> bytes | None:
         return None
 
 
-def session_options(threads: int | None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = int(threads or 0)  # 0 = one per physical core
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return opts
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 class OrtGenerator:
     """Generator over an ONNX Runtime session of an optimum-layout decoder with KV cache."""
 
@@ -143,12 +92,7 @@ class OrtGenerator:
     def __init__(self, session: Any, config: dict, generation_config: dict | None = None, sliced: bool = False):
         self.session = session
         self.sliced = sliced
-        gen = generation_config or {}
-        eos = gen.get("eos_token_id", config.get("eos_token_id"))
-        self.eos_token_ids = stop_id_set(eos)
-        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
-        pad = config.get("pad_token_id", gen.get("pad_token_id"))
-        self.pad_token_id = int(pad if pad is not None else (self.eos_token_id or 0))
+        set_special_tokens(self, config, generation_config)
         self.max_length = int(config.get("max_position_embeddings") or 2048)
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
@@ -180,14 +124,14 @@ class OrtGenerator:
         import onnxruntime as ort
 
         folder = Path(folder)
-        providers = _providers(device)
+        providers = execution_providers(device)
         graph = last_positions_graph(folder / model_file)
         source = graph if graph is not None else str(folder / model_file)
         session = ort.InferenceSession(source, session_options(threads), providers=providers)
         return cls(
             session,
-            _read_json(folder / "config.json"),
-            _read_json(folder / "generation_config.json"),
+            read_json(folder / "config.json"),
+            read_json(folder / "generation_config.json"),
             sliced=graph is not None,
         )
 
@@ -239,7 +183,7 @@ class OrtGenerator:
         pads = [width - s.mask.shape[1] for s in states]
         mask = np.concatenate([np.pad(s.mask, ((0, 0), (p, 0))) for s, p in zip(states, pads)])
         past = [
-            np.concatenate([_lpad(_np(s.past[i]), p) for s, p in zip(states, pads)])
+            np.concatenate([_lpad(as_numpy(s.past[i]), p) for s, p in zip(states, pads)])
             for i in range(len(self.past_names))
         ]
         return OrtState(past, mask, np.concatenate([s.positions for s in states]))
@@ -248,7 +192,7 @@ class OrtGenerator:
         idx = np.asarray(list(keep), dtype=np.int64)
         mask = state.mask[idx]
         first = int(np.argmax(mask.sum(0) > 0)) if mask.size else 0  # drop all-padding columns
-        past = [np.ascontiguousarray(_np(p)[idx][:, :, first:]) for p in state.past]
+        past = [np.ascontiguousarray(as_numpy(p)[idx][:, :, first:]) for p in state.past]
         return OrtState(past, np.ascontiguousarray(mask[:, first:]), state.positions[idx])
 
     def score(self, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]) -> list[float]:
@@ -263,26 +207,11 @@ class OrtGenerator:
             feed = list(c[:-1])  # a candidate's last token predicts nothing we need
             ids[i, : len(feed)] = feed
             cmask[i, : len(feed)] = 1
-        past = [np.repeat(_np(p), n, axis=0) for p in state.past]  # the prompt, computed once
+        past = [np.repeat(as_numpy(p), n, axis=0) for p in state.past]  # the prompt, computed once
         mask = np.concatenate([np.repeat(state.mask, n, axis=0), cmask], axis=1)
         pos = np.broadcast_to(state.positions.reshape(1, 1) + np.arange(width), (n, width)).copy()
         logits, _ = self._run(ids, mask, pos, past, keep=width)
         return candidate_logprobs(first_logits[0], logits, candidates)
-
-
-def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    from slm_toolkit.core.errors import BackendUnavailable
-
-    if not device.startswith("cuda"):
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise BackendUnavailable(
-            "device 'cuda' needs onnxruntime-gpu with CUDAExecutionProvider; this onnxruntime has "
-            f"{ort.get_available_providers()}: pip install onnxruntime-gpu, or use device='cpu'"
-        )
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def load_onnx_generator(
@@ -292,17 +221,15 @@ def load_onnx_generator(
     on CPU when the model allows it (fused=None: when possible), else OrtGenerator."""
     import onnxruntime as ort
 
-    from slm_toolkit.runtime.ort_fused import FusedOrtGenerator, fusable, fused_graph
-
     folder = Path(folder)
-    providers = _providers(device)
-    config = _read_json(folder / "config.json")
+    providers = execution_providers(device)
+    config = read_json(folder / "config.json")
     if fused is not False and device == "cpu" and fusable(config) is None:
         graph = fused_graph(folder / "model.onnx", config)
         try:
             if graph is not None:
                 session = ort.InferenceSession(graph, session_options(threads), providers=providers)
-                gen = FusedOrtGenerator(session, config, _read_json(folder / "generation_config.json"))
+                gen = FusedOrtGenerator(session, config, read_json(folder / "generation_config.json"))
                 gen.prefill([[gen.pad_token_id] * 2])  # fail here, not in the middle of a request
                 return gen
         except Exception as exc:  # an unforeseen graph shape: the plain graph always works
@@ -314,8 +241,9 @@ def load_onnx_generator(
     return OrtGenerator.from_folder(folder, device=device, threads=threads)
 
 
-def _np(value: Any) -> np.ndarray:
-    return value if isinstance(value, np.ndarray) else value.numpy()
+def open_onnx(folder: Path, device: str = "cpu", threads: int | None = None, trust_remote_code: bool = False) -> Any:
+    """The onnxruntime backend's factory (runtime/backends.py); an ONNX folder runs no remote code."""
+    return load_onnx_generator(folder, device=device, threads=threads)
 
 
 def _lpad(t: np.ndarray, pad: int) -> np.ndarray:

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from slm_toolkit.runtime.base import GenerationConfig
-from slm_toolkit.runtime.decoding import candidate_logprobs, generate, stop_id_set
+from slm_toolkit.runtime.base import GenerationConfig, set_special_tokens
+from slm_toolkit.runtime.decoding import candidate_logprobs, generate
+from slm_toolkit.runtime.ort_common import as_numpy, lm_head_input
 
 LOGITS_INDEX = "slm_logits_index"
 _FUSABLE_TYPES = {"llama", "qwen2"}
@@ -230,8 +231,6 @@ def _length_nodes(helper) -> list:
 
 def _gather_logits(g, producer, helper, TensorProto) -> bool:
     """lm_head input gathered at `slm_logits_index` [B, K] positions (right padding: per row)."""
-    from slm_toolkit.runtime.onnxruntime import lm_head_input
-
     hidden = lm_head_input(g, producer)
     if hidden is None:
         return False
@@ -312,12 +311,8 @@ class FusedOrtGenerator:
     capacity_step = 64  # cache buffers grow by this many positions
 
     def __init__(self, session: Any, config: dict, generation_config: dict | None = None, share_buffer: bool = True):
-        gen = generation_config or {}
         self.session = session
-        self.eos_token_ids = stop_id_set(gen.get("eos_token_id", config.get("eos_token_id")))
-        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
-        pad = config.get("pad_token_id", gen.get("pad_token_id"))
-        self.pad_token_id = int(pad if pad is not None else (self.eos_token_id or 0))
+        set_special_tokens(self, config, generation_config)
         self.max_length = int(config.get("max_position_embeddings") or 2048)
         inputs = {i.name: i for i in session.get_inputs()}
         self.input_names = set(inputs)
@@ -364,7 +359,7 @@ class FusedOrtGenerator:
 
     def _room(self, past: list[Any], total: int) -> list[np.ndarray]:
         """Buffers with capacity for `total` positions (grown by copying, in steps of 64, rarely)."""
-        past = [_np(p) for p in past]
+        past = [as_numpy(p) for p in past]
         if past[0].shape[2] >= total:
             return past
         step = self.capacity_step
@@ -397,32 +392,28 @@ class FusedOrtGenerator:
         return generate(self, input_ids, config)
 
     def merge(self, states: Sequence[FusedState]) -> FusedState:
-        width = max(max(int(s.lengths.max()), _np(s.past[0]).shape[2]) for s in states)
+        width = max(max(int(s.lengths.max()), as_numpy(s.past[0]).shape[2]) for s in states)
         past = []
         for i in range(len(self.past_names)):
-            parts = [_np(s.past[i]) for s in states]
+            parts = [as_numpy(s.past[i]) for s in states]
             past.append(np.concatenate([np.pad(x, ((0, 0), (0, 0), (0, width - x.shape[2]), (0, 0))) for x in parts]))
         return FusedState(past, np.concatenate([s.lengths for s in states]))
 
     def select(self, state: FusedState, keep: Sequence[int]) -> FusedState:
         idx = np.asarray(list(keep), dtype=np.int64)
         lengths = state.lengths[idx]
-        width = _np(state.past[0]).shape[2] if self.share_buffer else (int(lengths.max()) if len(idx) else 0)
-        return FusedState([np.ascontiguousarray(_np(p)[idx][:, :, :width]) for p in state.past], lengths)
+        width = as_numpy(state.past[0]).shape[2] if self.share_buffer else (int(lengths.max()) if len(idx) else 0)
+        return FusedState([np.ascontiguousarray(as_numpy(p)[idx][:, :, :width]) for p in state.past], lengths)
 
     def score(self, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]) -> list[float]:
         first, state = self.prefill([prompt_ids])
         longest, n = max((len(c) for c in candidates), default=0), len(candidates)
         if longest <= 1 or n == 0:
             return candidate_logprobs(first[0], np.zeros((n, 0, 0)), candidates)
-        state = FusedState([np.repeat(_np(p), n, axis=0) for p in state.past], np.repeat(state.lengths, n))
+        state = FusedState([np.repeat(as_numpy(p), n, axis=0) for p in state.past], np.repeat(state.lengths, n))
         steps = []
         for j in range(longest - 1):  # the prompt ran once; candidates advance one token per step
             tokens = [c[j] if j < len(c) - 1 else self.pad_token_id for c in candidates]
             logits, state = self.decode_step(tokens, state)
             steps.append(logits)
         return candidate_logprobs(first[0], np.stack(steps, axis=1), candidates)
-
-
-def _np(value: Any) -> np.ndarray:
-    return value if isinstance(value, np.ndarray) else value.numpy()

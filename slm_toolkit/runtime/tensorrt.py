@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from slm_toolkit.runtime.base import GenerationConfig
-from slm_toolkit.runtime.decoding import candidate_logprobs, generate, stop_id_set
+from slm_toolkit.core.artifacts import ENGINE_FILE
+from slm_toolkit.core.errors import BackendUnavailable
+from slm_toolkit.runtime.base import GenerationConfig, set_special_tokens
+from slm_toolkit.runtime.decoding import candidate_logprobs, generate
 
 PREFILL, DECODE = 0, 1
 
@@ -66,11 +68,7 @@ class TensorRTGenerator:
         self.outputs = [n for n in names if n not in self.inputs]
         self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
-        gen = generation_config or {}
-        self.eos_token_ids = stop_id_set(gen.get("eos_token_id", config.get("eos_token_id")))
-        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
-        pad = config.get("pad_token_id", gen.get("pad_token_id"))
-        self.pad_token_id = int(pad if pad is not None else (self.eos_token_id or 0))
+        set_special_tokens(self, config, generation_config)
         lo, _, hi = engine.get_tensor_profile_shape(self.past_names[0], DECODE)
         self.max_batch, self.max_length = int(hi[0]), int(hi[2]) + 1
         self.kv_heads, self.head_dim = int(hi[1]), int(hi[3])
@@ -78,9 +76,6 @@ class TensorRTGenerator:
 
     @classmethod
     def from_folder(cls, folder: Path, device: str = "cuda") -> TensorRTGenerator:
-        from slm_toolkit.core.errors import BackendUnavailable
-        from slm_toolkit.export.tensorrt import ENGINE_FILE
-
         problem = tensorrt_missing()
         if problem:
             raise BackendUnavailable(problem)
@@ -183,3 +178,10 @@ class TensorRTGenerator:
             logits, state = self.decode_step(tokens, state)
             steps.append(logits)
         return candidate_logprobs(first[0], np.stack(steps, axis=1), candidates)
+
+
+def open_tensorrt(
+    folder: Path, device: str = "cuda", threads: int | None = None, trust_remote_code: bool = False
+) -> TensorRTGenerator:
+    """The tensorrt backend's factory (runtime/backends.py); an engine runs on the GPU (no CPU threads)."""
+    return TensorRTGenerator.from_folder(folder, device=device)

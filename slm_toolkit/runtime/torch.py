@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from slm_toolkit.runtime.base import GenerationConfig
-from slm_toolkit.runtime.decoding import candidate_logprobs, generate, stop_id_set
+from slm_toolkit.core.errors import BackendUnavailable
+from slm_toolkit.models.load import load_causal_lm
+from slm_toolkit.runtime.base import GenerationConfig, set_special_tokens
+from slm_toolkit.runtime.decoding import candidate_logprobs, generate
 
 
 @dataclass
@@ -64,17 +66,7 @@ class TorchGenerator:
     def __init__(self, model: Any, eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None):
         self.model = model.eval()
         cfg = model.config
-        gen_cfg = getattr(model, "generation_config", None)
-        if eos_token_id is None:
-            eos_token_id = getattr(gen_cfg, "eos_token_id", None) or cfg.eos_token_id
-        stops = stop_id_set(eos_token_id)
-        self.eos_token_id = (
-            eos_token_id if isinstance(eos_token_id, int) or eos_token_id is None else (stops[0] if stops else None)
-        )
-        self.eos_token_ids = stops
-        if pad_token_id is None:
-            pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else (stops[0] if stops else 0)
-        self.pad_token_id = int(pad_token_id)
+        set_special_tokens(self, cfg, getattr(model, "generation_config", None), eos_token_id, pad_token_id)
         self.max_length = int(getattr(cfg, "max_position_embeddings", 2048) or 2048)
         self.device = next(model.parameters()).device
 
@@ -82,8 +74,6 @@ class TorchGenerator:
     def from_folder(
         cls, folder: Path, device: str = "cpu", dtype: torch.dtype | None = None, trust_remote_code: bool = False
     ) -> TorchGenerator:
-        from slm_toolkit.models.load import load_causal_lm
-
         return cls(load_causal_lm(Path(folder), device, dtype or "auto", trust_remote_code))
 
     # -- the protocol --------------------------------------------------------------------
@@ -181,6 +171,17 @@ class TorchGenerator:
                 for k, v in _cache_layers(cache)
             ]
         )
+
+
+def open_torch(
+    folder: Path, device: str = "cpu", threads: int | None = None, trust_remote_code: bool = False
+) -> TorchGenerator:
+    """The torch backend's factory (runtime/backends.py): a Hugging Face folder, float or quantized."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailable("device 'cuda' was asked for but PyTorch sees no CUDA GPU; use device='cpu'")
+    return TorchGenerator.from_folder(folder, device=device, trust_remote_code=trust_remote_code)
 
 
 def _lpad(t: torch.Tensor, pad: int) -> torch.Tensor:

@@ -9,10 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from slm_toolkit.runtime.backends import BACKEND_CHOICES
+
 
 def serve(
     artifact: Annotated[Path, typer.Argument(help="artifact folder (HF, ONNX or TensorRT)", show_default=False)],
-    backend: Annotated[Optional[str], typer.Option(help="auto|torch|onnxruntime|tensorrt (default: auto)")] = None,
+    backend: Annotated[Optional[str], typer.Option(help=f"{'|'.join(BACKEND_CHOICES)} (default: auto)")] = None,
     host: Annotated[Optional[str], typer.Option(help="bind address (default: 127.0.0.1)")] = None,
     port: Annotated[Optional[int], typer.Option(help="port (default: 8000)")] = None,
     api_key_env: Annotated[

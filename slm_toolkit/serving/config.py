@@ -7,11 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from slm_toolkit.runtime.backends import BackendChoice
+
 
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    backend: BackendChoice = "auto"
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int | None = Field(default=None, ge=1)
     host: str = "127.0.0.1"

@@ -14,10 +14,12 @@ import os
 import pytest
 import torch
 
+from slm_toolkit.core.artifacts import Kind, artifact_kind, read_meta
 from slm_toolkit.data.example import DataBundle
 from slm_toolkit.demo.task import generate_examples
 from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.quantize.config import QuantizeConfig
+from slm_toolkit.quantize.schemes import SCHEMES
 from slm_toolkit.runtime.base import GenerationConfig
 from slm_toolkit.stage import StageInput
 
@@ -67,7 +69,6 @@ def _input(artifact, data, tmp_path):
 
 
 def _check_output(out, inp, scheme, kind):
-    from slm_toolkit.core.artifacts import read_meta
     from slm_toolkit.quantize.stage import open_generator
 
     assert out.artifact == inp.workdir
@@ -96,10 +97,14 @@ def test_hf_schemes(scheme, hf_model, data, tmp_path):
 
     inp = _input(hf_model, data, tmp_path)
     out = run(QuantizeConfig(scheme=scheme, limit=2), inp)
-    names = _check_output(out, inp, scheme, "hf")
+    names = _check_output(out, inp, scheme, "hf-quantized")
     assert "model.safetensors" in names and not any(n.endswith((".bin", ".pt")) for n in names)
     qc = json.loads((out.artifact / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == ("torchao" if scheme.startswith("int8") else "bitsandbytes")
+    fmt = "torchao" if scheme.startswith("int8") else "bitsandbytes"
+    assert qc["quant_method"] == fmt
+    # the folder says on disk what it is and how to reopen it (the scheme row's format)
+    assert read_meta(out.artifact)["quant_format"] == fmt == SCHEMES[scheme].reopen_format
+    assert artifact_kind(out.artifact) == Kind.HF_QUANTIZED
     # evaluate, bench and serve open it through the runtime loader: it must work there too
     from slm_toolkit.runtime.base import GenerationConfig
     from slm_toolkit.runtime.loader import load_generator
@@ -114,7 +119,8 @@ def test_hf_schemes(scheme, hf_model, data, tmp_path):
 def test_torchao_reload_is_exact(scheme, hf_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from slm_toolkit.quantize.torchao_backend import load_torchao_model, quantize_torchao
+    from slm_toolkit.models.quantized import load_torchao_model
+    from slm_toolkit.quantize.torchao_backend import quantize_torchao
 
     quantized = quantize_torchao(hf_model, tmp_path / "q", scheme)
     reloaded = load_torchao_model(tmp_path / "q")
@@ -189,7 +195,7 @@ def test_ort_schemes(scheme, onnx_model, data, tmp_path):
     inp = _input(onnx_model, data, tmp_path)
     out = run(QuantizeConfig(scheme=scheme, block_size=32, calibration={"samples": 4}, limit=2), inp)
     names = _check_output(out, inp, scheme, "onnx")
-    assert "model.onnx" in names
+    assert "model.onnx" in names and "quant_format" not in read_meta(out.artifact)  # reopened by its kind
     graph = onnx.load(str(out.artifact / "model.onnx")).graph
     ops = {n.op_type for n in graph.node}
     assert _EXPECTED_OPS[scheme] <= ops, ops
@@ -229,8 +235,8 @@ def _fp8_gpu() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _fp8_gpu(), reason="fp8 needs a CUDA GPU of compute capability >= 8.9")
 def test_fp8_stage_on_gpu(hf_model, data, tmp_path):
+    from slm_toolkit.models.quantized import load_torchao_model
     from slm_toolkit.quantize.stage import run
-    from slm_toolkit.quantize.torchao_backend import load_torchao_model
 
     inp = _input(hf_model, data, tmp_path)
     inp.device = "cuda"

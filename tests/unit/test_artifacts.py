@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from slm_toolkit.core.artifacts import (
+    KIND_TABLE,
+    META_FILE,
+    Kind,
     artifact_kind,
     atomic_dir,
     hash_folder,
@@ -45,6 +49,35 @@ def test_kind_from_meta_wins(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     write_meta(tmp_path, kind="tensorrt")
     assert artifact_kind(tmp_path) == "tensorrt"
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_kind_round_trips_through_slm_meta(tmp_path, kind):
+    (tmp_path / "config.json").write_text("{}")
+    write_meta(tmp_path, kind=kind, stage="x")
+    assert json.loads((tmp_path / META_FILE).read_text())["kind"] == kind.value  # the plain value on disk
+    back = artifact_kind(tmp_path)
+    assert back is kind and back == kind.value and f"{back}" == str(back) == kind.value
+
+
+def test_kind_table_covers_every_kind():
+    assert set(KIND_TABLE) == set(Kind)
+    assert [k for k in Kind if k.hf_folder] == [Kind.HF, Kind.HF_QUANTIZED]
+
+
+def test_a_quantized_folder_is_known_only_from_its_meta(tmp_path):
+    """Old folders without a kind are sniffed (never as hf-quantized); a folder we wrote says what it is."""
+    (tmp_path / "config.json").write_text('{"quantization_config": {"quant_method": "torchao"}}')
+    (tmp_path / "model.safetensors").write_text("x")
+    assert artifact_kind(tmp_path) is Kind.HF
+    write_meta(tmp_path, kind="hf-quantized", quant_format="torchao")
+    assert artifact_kind(tmp_path) is Kind.HF_QUANTIZED
+
+
+def test_unknown_kind_in_meta_is_named(tmp_path):
+    write_meta(tmp_path, kind="gguf")
+    with pytest.raises(ValueError, match="unknown kind 'gguf'.*hf, hf-quantized, onnx, tensorrt"):
+        artifact_kind(tmp_path)
 
 
 def test_kind_errors(tmp_path):

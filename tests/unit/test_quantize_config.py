@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -173,3 +175,105 @@ def test_compare_flags_only_clearly_slower_artifacts():
     assert wide["slower_than_input"] == 0.0
     fast = compare(_figures(100.0), _figures(60.0))
     assert fast["slower_than_input"] == 0.0 and fast["latency_ratio"] == pytest.approx(0.6)
+
+
+# -- the scheme table drives validation, kinds, the stage and the docs ------------------------------
+def test_scheme_names_come_from_the_table():
+    from typing import get_args
+
+    from slm_toolkit.quantize.schemes import SCHEMES
+
+    assert get_args(QuantizeConfig.model_fields["scheme"].annotation) == tuple(SCHEMES)
+    with pytest.raises(ValidationError) as err:
+        QuantizeConfig(scheme="int3")
+    assert all(name in str(err.value) for name in SCHEMES)  # the message lists every row
+
+
+def test_every_row_is_consistent():
+    from slm_toolkit.core.artifacts import Kind
+    from slm_toolkit.models.quantized import QUANT_FORMATS
+    from slm_toolkit.quantize.schemes import SCHEMES
+
+    for row in SCHEMES.values():
+        assert output_kind(QuantizeConfig.model_construct(scheme=row.name), row.accepts) == row.produces
+        assert callable(row.quantize) and row.backend in ("torchao", "bitsandbytes", "onnxruntime")
+        if row.produces == Kind.HF_QUANTIZED:  # reopened by the format it names, from slm_meta.json
+            assert row.reopen_format in QUANT_FORMATS
+        else:  # reopened by its kind alone
+            assert row.reopen_format is None
+    assert [r.name for r in SCHEMES.values() if r.calibrated] == ["ort_int8_static"]
+
+
+def test_a_rows_hardware_check_is_the_validator(monkeypatch):
+    from slm_toolkit.quantize import schemes
+
+    row = schemes.SCHEMES["int8_dynamic"]
+    monkeypatch.setitem(schemes.SCHEMES, "int8_dynamic", replace(row, unavailable=lambda: "needs a flux capacitor"))
+    with pytest.raises(ValidationError, match="int8_dynamic needs a flux capacitor"):
+        QuantizeConfig(scheme="int8_dynamic")
+
+
+def test_the_stage_calls_the_rows_function(monkeypatch, tmp_path):
+    """quantize.stage has no per-scheme code: it runs the row's function and writes the row's format."""
+    from slm_toolkit.core.artifacts import read_meta
+    from slm_toolkit.data.example import DataBundle, Example
+    from slm_toolkit.quantize import schemes, stage
+    from slm_toolkit.stage import StageInput
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir(), dst.mkdir()
+    (src / "config.json").write_text("{}")
+    (src / "tokenizer.json").write_text("{}")
+    calls = []
+    row = replace(schemes.SCHEMES["bnb_int8"], quantize=lambda s, d, job: calls.append((s, d, job)))
+    monkeypatch.setitem(schemes.SCHEMES, "bnb_int8", row)
+    monkeypatch.setattr(stage, "load_tokenizer", lambda folder: None)
+    opened = []
+    monkeypatch.setattr(stage, "open_generator", lambda folder, device, threads: opened.append(read_meta(folder)))
+    monkeypatch.setattr(stage, "interleaved_latency", lambda gens, *a: {n: {"latency_ms_median": 1.0} for n in gens})
+    monkeypatch.setattr(stage, "prompt_ids", lambda tok, text: [1])
+    monkeypatch.setattr(stage, "measure", lambda gen, tok, ex, folder, speed: _figures(1.0))
+    data = DataBundle(train=[], eval=[Example(prompt="1+1=", cot="", answer="2")], source="t")
+    inp = StageInput(src, src, data, dst, tmp_path, "cpu", 0, threads=3)
+    out = stage.run(QuantizeConfig(scheme="bnb_int8", limit=1), inp)
+    assert [(s, d, job.scheme, job.device) for s, d, job in calls] == [(src, dst, "bnb_int8", "cpu")]
+    assert opened[1]["kind"] == "hf-quantized" and opened[1]["quant_format"] == "bitsandbytes"  # before measuring
+    meta = read_meta(out.artifact)
+    assert (meta["kind"], meta["scheme"], meta["quant_format"]) == ("hf-quantized", "bnb_int8", "bitsandbytes")
+    assert "metrics" in meta and (dst / "tokenizer.json").exists()
+
+
+def test_readme_lists_every_scheme():
+    import re
+    from pathlib import Path
+
+    from slm_toolkit.quantize.schemes import SCHEMES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `quantize` |"))
+    listed = re.search(r"`scheme: ([^`]+)`", row).group(1).replace("\\|", "|").split("|")
+    assert listed == list(SCHEMES), "README's quantize row must name every scheme of quantize/schemes.py, in order"
+
+
+def test_a_quantized_model_folder_fails_the_order_check(tmp_path):
+    """A recipe whose `model:` is a torchao/bnb folder: its slm_meta.json says hf-quantized."""
+    from slm_toolkit.core.artifacts import write_meta
+    from slm_toolkit.core.errors import RecipeError
+    from slm_toolkit.recipe import load_recipe
+
+    folder = tmp_path / "q"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    write_meta(folder, kind="hf-quantized", quant_format="torchao", scheme="int8_dynamic")
+    for later in ("export: {format: onnx}", "distill: {student: previous}", "prune: {heads: 0.25}"):
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"name: q\nmodel: {folder}\nstages:\n  - {later}\n")
+        with pytest.raises(RecipeError) as err:
+            load_recipe(recipe, [])
+        name = later.split(":")[0]
+        assert (
+            f"stages[0].{name}: accepts hf artifacts, but its input is hf-quantized (from the recipe's model)"
+            in str(err.value)
+        )
+    recipe.write_text(f"name: q\nmodel: {folder}\nstages:\n  - evaluate: {{}}\n  - bench: {{}}\n")
+    assert [s.input_kind for s in load_recipe(recipe, []).stages] == ["hf-quantized", "hf-quantized"]

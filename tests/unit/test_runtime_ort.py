@@ -102,11 +102,11 @@ def test_fused_is_forced_or_refused(pair, tmp_path):
 def test_unsliced_graph_gives_same_logits(pair):
     import onnxruntime as ort
 
-    from slm_toolkit.runtime.onnxruntime import _read_json, session_options
+    from slm_toolkit.runtime.ort_common import read_json, session_options
 
     _, _, onnx = pair
     plain = OrtGenerator(
-        ort.InferenceSession(str(onnx / "model.onnx"), session_options(1)), _read_json(onnx / "config.json")
+        ort.InferenceSession(str(onnx / "model.onnx"), session_options(1)), read_json(onnx / "config.json")
     )
     sliced = load_generator(onnx, threads=1)
     assert not plain.sliced and sliced.sliced
@@ -149,11 +149,11 @@ def test_quantized_variants_load_and_stay_close(pair, tmp_path, scheme):
 def test_fused_cache_buffers_grow_and_match_the_copying_path(pair):
     import onnxruntime as ort
 
-    from slm_toolkit.runtime.onnxruntime import _read_json, session_options
+    from slm_toolkit.runtime.ort_common import read_json, session_options
     from slm_toolkit.runtime.ort_fused import fused_graph
 
     _, _, onnx = pair
-    config = _read_json(onnx / "config.json")
+    config = read_json(onnx / "config.json")
     graph = fused_graph(onnx / "model.onnx", config)
     if graph is None or load_generator(onnx, threads=1).head_dim % 16:
         pytest.skip("this model runs the plain graph")
