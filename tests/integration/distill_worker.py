@@ -38,11 +38,20 @@ def main() -> None:
             return real(module, step, *args, **kw)
 
         trainer._one_step = one_step
+    wrapped = []
+    real_wrap = trainer.wrap
+
+    def wrap(*args, **kw):  # record how the student was wrapped (DDP, FSDP or not at all)
+        module = real_wrap(*args, **kw)
+        wrapped.append(type(module).__name__)
+        return module
+
+    trainer.wrap = wrap
     inp, student = tiny_input(tmp, n_train=48, workdir=workdir)
     cfg = DistillConfig.model_validate(json.loads(cfg_json) | {"student": str(student)})
     result = run(cfg, inp)
     if int(os.environ.get("RANK", "0")) == 0:
-        out.write_text(json.dumps({"metrics": result.metrics}))
+        out.write_text(json.dumps({"metrics": result.metrics, "wrapper": wrapped[0]}))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Data parallel: 2 processes (torchrun, gloo on CPU) match 1 process with the same global batch."""
+"""Data parallel and sharded: 2 processes (torchrun, gloo on CPU), with DDP or with FSDP2
+(`train.fsdp: true`), match 1 process with the same global batch."""
 
 from __future__ import annotations
 
@@ -42,17 +43,21 @@ def _torchrun(tmp: Path, workdir: str, config: dict) -> subprocess.CompletedProc
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(tmp_path, parallel):
+    config = CONFIG | {"train": CONFIG["train"] | {"fsdp": parallel == "fsdp"}}
     inp, student = tiny_input(tmp_path, n_train=48, workdir="single")
-    single = run(DistillConfig.model_validate(CONFIG | {"student": str(student)}), inp).metrics
-    proc = _torchrun(tmp_path, "ddp", CONFIG)
+    single = run(DistillConfig.model_validate(config | {"student": str(student)}), inp).metrics
+    proc = _torchrun(tmp_path, parallel, config)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp = json.loads((tmp_path / "ddp.json").read_text())["metrics"]
+    result = json.loads((tmp_path / f"{parallel}.json").read_text())
+    assert result["wrapper"] == {"ddp": "DistributedDataParallel", "fsdp": "FSDPStudentLoss"}[parallel]
+    ddp = result["metrics"]
     assert ddp["final_loss"] == pytest.approx(single["final_loss"], rel=1e-5)
     assert ddp["tokens_student"] == pytest.approx(single["tokens_student"], rel=0.05)  # padding differs
     assert ddp["tokens_supervised"] == single["tokens_supervised"]
     w1 = load_file(str(tmp_path / "run" / "single" / "model.safetensors"))
-    w2 = load_file(str(tmp_path / "run" / "ddp" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "run" / parallel / "model.safetensors"))
     changed = 0
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
