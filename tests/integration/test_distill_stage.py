@@ -76,6 +76,27 @@ def test_truncation_removes_compute_and_full_batches_keep_memory(tmp_path):
     assert half["tokens_student"] < mixed["tokens_student"] < full["tokens_student"]
 
 
+@pytest.mark.parametrize(
+    "truncate",
+    [
+        {"fraction": 0.5, "full_batches": 0.25, "schedule": "end"},
+        {"fraction": 0.5, "full_batches": 0.25, "mixing": "example"},
+        {"fraction": 0.5, "mode": "cot_only", "fraction_start": 0.25},
+    ],
+    ids=["end-loaded", "per-example", "cot-only-growing"],
+)
+def test_protocol_variants_run_end_to_end_within_the_truncated_cost(tmp_path, truncate):
+    inp, student = tiny_input(tmp_path, n_train=64, steps=4)
+    full = run(cfg(student, train={"max_steps": 8}), inp).metrics
+    (tmp_path / "v").mkdir()
+    inp.workdir = tmp_path / "v"
+    out = run(cfg(student, truncate=truncate, train={"max_steps": 8}), inp)
+    m = out.metrics
+    assert m["steps"] == 8 and torch.isfinite(torch.tensor(m["final_loss"]))
+    assert 0 < m["tokens_student"] < full["tokens_student"]
+    assert "Truncation: first" in out.extra["report_md"]
+
+
 def test_padding_rows_are_sliced_and_other_tokenizers_refused(tmp_path):
     inp, student = tiny_input(tmp_path, n_train=16, student_rows=5)  # 5 padding rows in the student
     out = run(cfg(student, train={"max_steps": 2}), inp)
