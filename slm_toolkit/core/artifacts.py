@@ -4,7 +4,7 @@ An artifact is a folder other tools open without us: a Hugging Face model folder
 (config.json + model.safetensors + tokenizer files), an ONNX folder (model.onnx + config.json +
 tokenizer files) or a TensorRT engine folder, each with `slm_meta.json` describing its lineage
 (`{"kind", "stage", "parent", "metrics", ...}`). `Kind` below is the one list of artifact kinds;
-a quantized Hugging Face folder says `"kind": "hf-quantized"` and, in `"format"`, how its weights
+a quantized Hugging Face folder says `"kind": "hf-quantized"` and, in `"quant_format"`, how its weights
 were saved (models/quantized.py reopens it from that, without looking at the files).
 
 Everything here writes through a temporary sibling renamed into place, so a crash never leaves

@@ -138,7 +138,7 @@ def _train_into(recipe: dict[str, Any], out: Path, progress: bool) -> None:
     """Train the builtin described by `recipe` and save it, with its figures, into `out`."""
     import torch
 
-    from slm_toolkit.core.artifacts import write_meta
+    from slm_toolkit.core.artifacts import Kind, write_meta
     from slm_toolkit.data.segments import tokenize_examples
     from slm_toolkit.demo.task import generate_examples
     from slm_toolkit.demo.tokenizer import build_demo_tokenizer
@@ -183,7 +183,7 @@ def _train_into(recipe: dict[str, Any], out: Path, progress: bool) -> None:
     }
     write_meta(
         out,
-        kind="hf",
+        kind=Kind.HF,
         stage="builtin",
         parent=None,
         task=task,

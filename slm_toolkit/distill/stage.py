@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from slm_toolkit.core.accounting import Accountant
-from slm_toolkit.core.artifacts import hash_folder, write_meta
+from slm_toolkit.core.artifacts import Kind, hash_folder, write_meta
 from slm_toolkit.data.example import TokenizedExample
 from slm_toolkit.data.segments import tokenize_examples
 from slm_toolkit.distill import onpolicy
@@ -269,7 +269,7 @@ def save(cfg: DistillConfig, inp: StageInput, s: Setup, history: list[float]) ->
         shutil.rmtree(inp.workdir / "checkpoints", ignore_errors=True)
         write_meta(
             inp.workdir,
-            kind="hf",
+            kind=Kind.HF,
             stage="distill",
             parent=str(s.student_path),
             teacher=str(s.teacher_path),

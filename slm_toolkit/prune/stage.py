@@ -38,7 +38,7 @@ class PruneGateError(RuntimeError):
 
 
 def run(cfg: PruneConfig, inp: StageInput) -> StageOutput:
-    from slm_toolkit.core.artifacts import write_meta
+    from slm_toolkit.core.artifacts import Kind, write_meta
     from slm_toolkit.measures.metrics import bytes_on_disk, count_parameters
     from slm_toolkit.models.load import load_model
     from slm_toolkit.prune.importance import calibration_batches
@@ -92,7 +92,7 @@ def run(cfg: PruneConfig, inp: StageInput) -> StageOutput:
 
     write_meta(
         dst,
-        kind="hf",
+        kind=Kind.HF,
         stage="prune",
         parent=str(src),
         config=cfg.model_dump(),
