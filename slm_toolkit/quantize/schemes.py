@@ -64,51 +64,40 @@ def _ort(src: Path, dst: Path, job: QuantizeJob) -> None:
     ort.quantize_onnx(src, dst, job.scheme, block_size=job.block_size, calibration_prompts=job.calibration)
 
 
-_HF, _HFQ, _ONNX = Kind.HF, Kind.HF_QUANTIZED, Kind.ONNX
+def _hf(name: str, backend: str, quantize: Callable, summary: str, **extra: Any) -> Scheme:
+    """A scheme on a float Hugging Face folder; its result is reopened by its backend's format."""
+    return Scheme(name, backend, Kind.HF, Kind.HF_QUANTIZED, quantize, backend, summary, **extra)
+
+
+def _onnx(name: str, quantize: Callable, summary: str, **extra: Any) -> Scheme:
+    """A scheme on an ONNX export; the result is an ONNX folder, reopened by its kind."""
+    return Scheme(name, "onnxruntime", Kind.ONNX, Kind.ONNX, quantize, None, summary, **extra)
+
+
+_FP8_CC = ".".join(map(str, fp8.FP8_MIN_CAPABILITY))
 
 SCHEMES: dict[str, Scheme] = {
     s.name: s
     for s in [
-        Scheme(
-            "int8_weight_only", "torchao", _HF, _HFQ, _torchao, "torchao", "int8 weights per row, float activations"
-        ),
-        Scheme(
-            "int8_dynamic", "torchao", _HF, _HFQ, _torchao, "torchao", "W8A8: int8 weights, per-token int8 activations"
-        ),
-        Scheme(
+        _hf("int8_weight_only", "torchao", _torchao, "int8 weights per row, float activations"),
+        _hf("int8_dynamic", "torchao", _torchao, "W8A8: int8 weights, per-token int8 activations"),
+        _hf(
             "fp8",
             "torchao",
-            _HF,
-            _HFQ,
             _fp8,
-            "torchao",
             "E4M3 weights and activations, per-row / per-token scales",
-            hardware=f"a CUDA GPU of compute capability >= {fp8.FP8_MIN_CAPABILITY[0]}.{fp8.FP8_MIN_CAPABILITY[1]}",
+            hardware=f"a CUDA GPU of compute capability >= {_FP8_CC}",
             unavailable=fp8.fp8_unavailable_reason,
         ),
-        Scheme("bnb_int8", "bitsandbytes", _HF, _HFQ, _bnb, "bitsandbytes", "LLM.int8 8-bit weights"),
-        Scheme("bnb_nf4", "bitsandbytes", _HF, _HFQ, _bnb, "bitsandbytes", "NF4 4-bit weights"),
-        Scheme("ort_int8_dynamic", "onnxruntime", _ONNX, _ONNX, _ort, None, "int8 weights, activations per call"),
-        Scheme(
-            "ort_int8_static",
-            "onnxruntime",
-            _ONNX,
-            _ONNX,
-            _ort,
-            None,
-            "int8 QDQ, activation ranges calibrated on the recipe's prompts",
-            calibrated=True,
+        _hf("bnb_int8", "bitsandbytes", _bnb, "LLM.int8 8-bit weights"),
+        _hf("bnb_nf4", "bitsandbytes", _bnb, "NF4 4-bit weights"),
+        _onnx("ort_int8_dynamic", _ort, "int8 weights, activations quantized per call"),
+        _onnx(
+            "ort_int8_static", _ort, "int8 QDQ, activation ranges calibrated on the recipe's prompts", calibrated=True
         ),
-        Scheme("ort_int4", "onnxruntime", _ONNX, _ONNX, _ort, None, "4-bit MatMulNBits weights, blocked"),
+        _onnx("ort_int4", _ort, "4-bit MatMulNBits weights, blocked"),
     ]
 }
-
-
-def scheme(name: str) -> Scheme:
-    """The row of `name`; ValueError naming the known schemes otherwise."""
-    if name not in SCHEMES:
-        raise ValueError(f"unknown quantization scheme {name!r}: choose one of {', '.join(SCHEMES)}")
-    return SCHEMES[name]
 
 
 def schemes_taking(kind: Kind) -> list[str]:
