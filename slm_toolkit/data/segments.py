@@ -5,23 +5,32 @@ SEPARATELY (add_special_tokens=False) and the ids are concatenated. So every tok
 exactly one segment, and decoding the tokens of a segment gives back exactly that segment's
 text. (Tokenizing the joined string would let a BPE merge straddle a boundary.)
 
+Two reasoning formats (`uses_think_markers`): models whose vocabulary or chat template has
+`<think>`/`</think>` (the demo world, R1-style models), and every tokenizer without a chat
+template, write `<think>` CoT `</think>` A. Other chat models (SmolLM2, Llama-Instruct, ...)
+were never trained with those markers: for them the CoT is followed by `ANSWER_MARK`
+("\n#### ", GSM8K's own form) and the answer.
+
 The layout of a sequence:
 - with a chat template (`tokenizer.chat_template` set): the messages
-  [user: prompt, assistant: "<think>" + cot + "</think>" + answer] rendered with sentinel
-  strings in place of prompt/cot/answer, split at the sentinels; the text between is TEMPLATE.
-  The sequence ends at the first EOS the template writes (or an EOS is appended). Templates
-  that drop the reasoning of assistant turns (DeepSeek-R1 style) fall back to the user turn
-  with the generation prompt, then `<think>` CoT `</think>` A `<eos>`.
+  [user: prompt, assistant: <reasoning body>] rendered with sentinel strings in place of
+  prompt/cot/answer, split at the sentinels; the text between is TEMPLATE. So the prompt is the
+  user turn plus the assistant prefix, as `add_generation_prompt=True` renders it. The sequence
+  ends at the first EOS the template writes (or an EOS is appended). Templates that drop the
+  reasoning of assistant turns (DeepSeek-R1 style) fall back to the user turn with the
+  generation prompt, then the reasoning body and `<eos>`.
 - without: `<bos>` P `<think>` CoT `</think>` A `<eos>`. `<bos>` is left out if the tokenizer
   has none; `<think>`/`</think>` are one token each where the vocabulary has them, else the
   literal strings are tokenized (as TEMPLATE).
 
 `prompt_ids(tokenizer, prompt)` is the prefix up to and including the template that opens the
-CoT: the generation prompt. Generated text is split back with `split_generation`.
+CoT: the generation prompt. Generated text is split back with `split_generation` (think format)
+or `extract_answer` (both formats).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Union
 
@@ -37,6 +46,7 @@ from slm_toolkit.data.example import (
 )
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_MARK = "\n#### "  # between CoT and answer for chat models without reasoning markers
 # Strings that end a generated answer (decoded with skip_special_tokens=False).
 DEFAULT_END_MARKERS = ("<eos>", "<pad>", "</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>")
 
@@ -84,7 +94,7 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 
 def split_generation(text: str, end_markers: Iterable[str] = DEFAULT_END_MARKERS) -> tuple[str, str | None]:
-    """(cot, answer) from generated text decoded with skip_special_tokens=False.
+    """(cot, answer) from generated text decoded with skip_special_tokens=False (think format).
 
     The answer is the text after the first `</think>`, up to the first end marker, stripped of
     surrounding whitespace; None if `</think>` never appeared (the model never answered).
@@ -96,6 +106,42 @@ def split_generation(text: str, end_markers: Iterable[str] = DEFAULT_END_MARKERS
     if not found:
         return _cut(cot, markers).strip(), None
     return cot.strip(), _cut(rest, markers).strip()
+
+
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+
+
+def extract_answer(text: str, think: bool, end_markers: Iterable[str] = DEFAULT_END_MARKERS) -> str | None:
+    """The answer in generated text (decoded with skip_special_tokens=False), or None.
+
+    think=True (the model writes `</think>`): `split_generation`'s answer, None without the marker.
+    think=False (a chat model that never writes it): the first number after the last `####`
+    (GSM8K's form; the rest of that line if it holds no number), else the last number in the
+    text; None when there is no number at all. `data.answers.normalize_answer` then compares
+    "1,000", "$1000" and "1000.0" as equal.
+    """
+    if think:
+        return split_generation(text, end_markers)[1]
+    text = _cut(text, [m for m in end_markers if m])
+    head, found, tail = text.rpartition("####")
+    if found:
+        line = tail.strip().split("\n", 1)[0].strip()
+        number = _NUMBER.search(line)
+        return number.group(0) if number else (line or None)
+    numbers = _NUMBER.findall(tail)  # no "####": rpartition leaves the whole text in tail
+    return numbers[-1].rstrip(".") if numbers else None
+
+
+def uses_think_markers(tokenizer) -> bool:
+    """True when sequences use `<think>` CoT `</think>` A: tokenizers without a chat template
+    (the demo world's plain layout), and chat models whose vocabulary has `</think>` as one token
+    or whose template mentions it. Other chat models write CoT, `ANSWER_MARK`, A."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return True
+    if THINK_CLOSE in str(template) or THINK_OPEN in str(template):
+        return True
+    return isinstance(_marker(tokenizer, THINK_CLOSE), list)
 
 
 def sequence_layout(tokenizer) -> list[Piece]:
@@ -177,8 +223,14 @@ def _marker(tokenizer, text: str) -> str | list[int]:
     return [tid]
 
 
+def _reasoning_body(think: bool) -> tuple[str, str]:
+    """(text before the CoT, text between CoT and answer) inside the assistant turn."""
+    return (THINK_OPEN, THINK_CLOSE) if think else ("", ANSWER_MARK)
+
+
 def _chat_layout(tokenizer) -> list[Piece]:
-    assistant = THINK_OPEN + _SENTINELS[COT] + THINK_CLOSE + _SENTINELS[ANSWER]
+    opener, separator = _reasoning_body(uses_think_markers(tokenizer))
+    assistant = opener + _SENTINELS[COT] + separator + _SENTINELS[ANSWER]
     messages = [{"role": "user", "content": _SENTINELS[PROMPT]}, {"role": "assistant", "content": assistant}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
     if all(rendered.count(_SENTINELS[seg]) == 1 for seg in (PROMPT, COT, ANSWER)):
@@ -188,13 +240,13 @@ def _chat_layout(tokenizer) -> list[Piece]:
             before, _, rest = rest.partition(_SENTINELS[seg])
             layout += [(TEMPLATE, before), (seg, None)]
         return layout + [(TEMPLATE, _end_with_eos(tokenizer, rest))]
-    return _chat_generation_layout(tokenizer)
+    return _chat_generation_layout(tokenizer, opener, separator)
 
 
-def _chat_generation_layout(tokenizer) -> list[Piece]:
+def _chat_generation_layout(tokenizer, opener: str, separator: str) -> list[Piece]:
     """For templates that drop or rewrite the reasoning of assistant turns (DeepSeek-R1 style):
-    the user turn with the generation prompt, then `<think>` CoT `</think>` A `<eos>` as the
-    model writes them."""
+    the user turn with the generation prompt, then the reasoning body and `<eos>` as the model
+    writes them."""
     messages = [{"role": "user", "content": _SENTINELS[PROMPT]}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if rendered.count(_SENTINELS[PROMPT]) != 1:
@@ -203,24 +255,31 @@ def _chat_generation_layout(tokenizer) -> list[Piece]:
             "segments (use a tokenizer without a chat template, or fix the template)"
         )
     before, _, after = rendered.partition(_SENTINELS[PROMPT])
-    opener = after if after.rstrip().endswith(THINK_OPEN) else after + THINK_OPEN
+    if opener and not after.rstrip().endswith(opener):
+        after += opener
     return [
         (TEMPLATE, before),
         (PROMPT, None),
-        (TEMPLATE, opener),
+        (TEMPLATE, after),
         (COT, None),
-        (TEMPLATE, THINK_CLOSE),
+        (TEMPLATE, separator),
         (ANSWER, None),
         (TEMPLATE, _end_with_eos(tokenizer, "")),
     ]
 
 
 def _end_with_eos(tokenizer, tail: str) -> str | list[int]:
+    """The template's text after the answer, up to and including the turn's end token.
+
+    Cut at the tokenizer's EOS when the template writes it, else at the first known end-of-turn
+    marker it writes (a tokenizer converted from GGUF may name the wrong EOS), else EOS appended."""
     eos = tokenizer.eos_token
     if eos is None:
         raise ValueError("the tokenizer has no eos_token: set one (sequences must end with EOS)")
-    if eos in tail:
-        return tail[: tail.index(eos) + len(eos)]  # generation stops at EOS: drop what follows
+    ends = [m for m in (eos, *DEFAULT_END_MARKERS) if m in tail]
+    if ends:
+        end = min(ends, key=tail.index) if eos not in tail else eos
+        return tail[: tail.index(end) + len(end)]  # generation stops at EOS: drop what follows
     return _encode_one(tokenizer, tail) + [tokenizer.eos_token_id]
 
 

@@ -1,36 +1,45 @@
 """The `evaluate` stage's config: the exact YAML keys of the recipe, validated once at the edge.
 
     - evaluate:
+        limit: null              # use only the first N eval examples (perplexity)
+        generate_limit: null     # generate (exact match, agreement) on the first N of those; null = all
         max_new_tokens: null     # null = from the eval data (longest CoT + answer, plus a margin)
-        batch_size: 32           # prompts per generation batch
+        batch_size: 32           # prompts per generation / scoring batch
         latency_repeats: 5       # timed batch-1 generations (after one warm-up)
-        limit: null              # use only the first N eval examples
+        latency_new_tokens: null # tokens per timed generation; null = max_new_tokens
         reference: null          # null = the recipe's `model`; or a path to a reference artifact
-        backend: auto            # auto | torch | onnxruntime | tensorrt (runtime/backends.py)
+        backend: auto            # auto | torch | onnxruntime
         model: null              # evaluate this model instead of the stage's input (a path or
                                  # builtin:arith-student); the input passes through unchanged
 
-Pydantic only (no torch): `slm validate` imports this module.
+Generation is the expensive part on a CPU (one decode step per token): `generate_limit` and
+`max_new_tokens` bound it, while perplexity (one forward pass per example on PyTorch, a batched
+decode step per token elsewhere) can use more examples. Pydantic only (no torch): `slm validate`
+imports this module.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from slm_toolkit.runtime.backends import BackendChoice
+from slm_toolkit.core.types import PositiveInt
 
 
 class EvaluateConfig(BaseModel):
-    """Accuracy, answer rate, per-segment perplexity, size, latency and retention of an artifact."""
+    """Exact match, answer rate, per-segment perplexity, agreement, size, latency and retention."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_new_tokens: int | None = None
-    batch_size: int = 32
-    latency_repeats: int = 5
-    limit: int | None = None
+    limit: PositiveInt | None = None
+    generate_limit: PositiveInt | None = None
+    max_new_tokens: PositiveInt | None = None
+    batch_size: PositiveInt = 32
+    latency_repeats: PositiveInt = 5
+    latency_new_tokens: PositiveInt | None = None
     reference: str | None = None
-    backend: BackendChoice = "auto"
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     model: str | None = None
 
     @field_validator("model")
@@ -38,20 +47,6 @@ class EvaluateConfig(BaseModel):
     def _model(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise ValueError("must be a path, a builtin:... name, or null (the stage's input)")
-        return v
-
-    @field_validator("max_new_tokens", "limit")
-    @classmethod
-    def _positive_or_none(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("must be >= 1 (or null for automatic)")
-        return v
-
-    @field_validator("batch_size", "latency_repeats")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
         return v
 
     @field_validator("reference")

@@ -7,8 +7,8 @@ stages never count differently. Nothing here reads a config object: plain argume
 - `onnx_parameter_count(folder)`: elements of the initializers of an ONNX folder's graphs.
 - `bytes_on_disk(folder)`: bytes of the files that make up the model (weights, config, tokenizer).
 - `generation_budget(...)`: max_new_tokens enough for the longest reference continuation.
-- `exact_match(...)`: greedy generation through a `Generator`, answer extraction, exact match.
-- `segment_perplexity(...)`: teacher-forced mean NLL and perplexity per segment (P, CoT, A).
+- `greedy_generations(...)`, `answers_of(...)`, `answer_scores(...)`, `exact_match(...)`: greedy
+  generation through a `Generator`, answer extraction, exact match.
 - `decode_latency(...)`: batch-1 generation latency (median and IQR of repeats, after warm-up).
 """
 
@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from slm_toolkit.data.example import ANSWER, COT, PROMPT, Example
+from slm_toolkit.data.answers import is_correct
+from slm_toolkit.data.example import Example
+from slm_toolkit.data.segments import extract_answer, prompt_ids, tokenize_examples, uses_think_markers
+from slm_toolkit.runtime.base import GenerationConfig
 
-_SEGMENTS = {"prompt": PROMPT, "cot": COT, "answer": ANSWER}
 # Files of an artifact folder that are not the model: lineage, reports, plots, logs, checkpoints.
 _NOT_MODEL_SUFFIXES = (".md", ".png", ".svg", ".log", ".tmp", ".lock")
 _NOT_MODEL_NAMES = {"slm_meta.json", "metrics.json", "manifest.json"}
@@ -86,11 +88,47 @@ def bytes_on_disk(folder: Path | str) -> int:
 def generation_budget(tokenizer: Any, examples: Sequence[Example], margin: float = 0.25) -> int:
     """max_new_tokens that lets a model write the longest reference continuation of `examples`
     (CoT, end-of-think marker, answer, EOS) with `margin` to spare (at least 8 tokens)."""
-    from slm_toolkit.data.segments import prompt_ids, tokenize_examples
-
     full = tokenize_examples(tokenizer, examples)
     longest = max(len(t.ids) - len(prompt_ids(tokenizer, ex.prompt)) for t, ex in zip(full, examples))
     return longest + max(8, int(margin * longest))
+
+
+def greedy_generations(
+    generator: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[list[int]]:
+    """Greedy new tokens for every example's generation prompt, in input order.
+
+    Prompts are batched by length (less padding). A generation that stopped before the budget
+    ended with an EOS, which is appended (so a continuation can be scored including its end).
+    """
+    from tqdm.auto import tqdm
+
+    prompts = [prompt_ids(tokenizer, ex.prompt) for ex in examples]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    out: list[list[int]] = [[] for _ in prompts]
+    eos = getattr(generator, "eos_token_id", None)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False, unit="batch"):
+        rows = order[start : start + batch_size]
+        for i, new_ids in zip(rows, generator.generate([prompts[i] for i in rows], config)):
+            out[i] = list(new_ids) + ([eos] if eos is not None and len(new_ids) < max_new_tokens else [])
+    return out
+
+
+def answers_of(tokenizer: Any, generations: Sequence[Sequence[int]]) -> list[tuple[str, str | None]]:
+    """(generated text, extracted answer or None) for each generation (`data.segments.extract_answer`)."""
+    think = uses_think_markers(tokenizer)
+    texts = [
+        tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) for ids in generations
+    ]
+    return [(text, extract_answer(text, think)) for text in texts]
 
 
 def generate_answers(
@@ -102,27 +140,21 @@ def generate_answers(
     progress: bool = False,
     desc: str = "generate",
 ) -> list[tuple[str, str | None]]:
-    """Greedy generation for every example's prompt; return (generated text, answer or None).
+    """Greedy generation for every example's prompt; return (generated text, answer or None)."""
+    return answers_of(
+        tokenizer, greedy_generations(generator, tokenizer, examples, max_new_tokens, batch_size, progress, desc)
+    )
 
-    Prompts are batched by length (less padding) and results returned in input order. The
-    answer comes from `data.segments.split_generation` (None when no end-of-think marker).
-    """
-    from tqdm.auto import tqdm
 
-    from slm_toolkit.data.segments import prompt_ids, split_generation
-    from slm_toolkit.runtime.base import GenerationConfig
-
-    prompts = [prompt_ids(tokenizer, ex.prompt) for ex in examples]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
-    texts: list[str] = [""] * len(prompts)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False, unit="batch"):
-        rows = order[start : start + batch_size]
-        outs = generator.generate([prompts[i] for i in rows], config)
-        for i, new_ids in zip(rows, outs):
-            texts[i] = tokenizer.decode(new_ids, skip_special_tokens=False)
-    return [(text, split_generation(text)[1]) for text in texts]
+def answer_scores(examples: Sequence[Example], answers: Sequence[tuple[str, str | None]]) -> dict[str, float]:
+    """{"accuracy", "answer_rate", "n"}: exact match after normalization, and the share of
+    generations in which an answer was found at all."""
+    if not examples:
+        raise ValueError("exact_match needs at least one example")
+    correct = sum(is_correct(ans, ex.answer) for (_, ans), ex in zip(answers, examples))
+    answered = sum(ans is not None for _, ans in answers)
+    n = len(examples)
+    return {"accuracy": correct / n, "answer_rate": answered / n, "n": float(n)}
 
 
 def exact_match(
@@ -133,67 +165,16 @@ def exact_match(
     batch_size: int = 32,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Greedy-decoding exact match: {"accuracy", "answer_rate", "n"}.
+    """Greedy-decoding exact match: {"accuracy", "answer_rate", "n"} (see `answer_scores`).
 
-    accuracy = share of examples whose extracted answer `data.answers.is_correct`;
-    answer_rate = share of generations with a parseable answer (end-of-think marker reached).
+    The answer is the text after `</think>` for models that write it, else GSM8K's `#### x` or
+    the last number (`data.segments.extract_answer`).
     """
-    from slm_toolkit.data.answers import is_correct
-
     if not examples:
         raise ValueError("exact_match needs at least one example")
-    results = generate_answers(generator, tokenizer, examples, max_new_tokens, batch_size, progress)
-    correct = sum(is_correct(ans, ex.answer) for (_, ans), ex in zip(results, examples))
-    answered = sum(ans is not None for _, ans in results)
-    n = len(examples)
-    return {"accuracy": correct / n, "answer_rate": answered / n, "n": float(n)}
-
-
-def segment_perplexity(
-    model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int = 32
-) -> dict[str, float]:
-    """Teacher-forced mean NLL (nats/token) and perplexity of each segment, over all examples.
-
-    Every token from the second on is predicted from the ones before it and counted in the
-    segment that token belongs to (data.segments.tokenize_example's ids). Returns nll_prompt,
-    nll_cot, nll_answer and ppl_* = exp(nll_*); a segment with no tokens at all is left out.
-    """
-    from slm_toolkit.data.segments import tokenize_examples
-
-    sums = {sid: 0.0 for sid in _SEGMENTS.values()}
-    counts = {sid: 0 for sid in _SEGMENTS.values()}
-    seqs = tokenize_examples(tokenizer, examples)
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(seqs), batch_size):
-        batch = seqs[start : start + batch_size]
-        nll, segs = _token_nll(model, batch, pad, device)
-        for sid in sums:
-            hit = segs == sid
-            sums[sid] += float(nll[hit].sum())
-            counts[sid] += int(hit.sum())
-    out: dict[str, float] = {}
-    for name, sid in _SEGMENTS.items():
-        if counts[sid]:
-            mean = sums[sid] / counts[sid]
-            out[f"nll_{name}"] = mean
-            out[f"ppl_{name}"] = math.exp(min(mean, 700.0))
-    return out
-
-
-def _token_nll(model: Any, batch: Sequence[Any], pad: int, device: Any) -> tuple[Any, Any]:
-    """Per-target-token NLL [B, T-1] and the target tokens' segment ids (-1 on padding)."""
-    import torch
-
-    from slm_toolkit.data.tensors import pad_right
-
-    ids, segs = pad_right(batch, pad)
-    mask = (segs >= 0).long()
-    with torch.inference_mode():
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)
-    nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return nll, segs[:, 1:]
+    return answer_scores(
+        examples, generate_answers(generator, tokenizer, examples, max_new_tokens, batch_size, progress)
+    )
 
 
 # -- speed -----------------------------------------------------------------------------------
@@ -211,8 +192,6 @@ def decode_latency(
     0 with fewer than 2 repeats), latency_ms_min, latency_ms_max, new_tokens and tok_s
     (generated tokens per second at the median latency).
     """
-    from slm_toolkit.runtime.base import GenerationConfig
-
     if repeats < 1 or new_tokens < 1:
         raise ValueError("decode_latency needs repeats >= 1 and new_tokens >= 1")
     room = int(getattr(generator, "max_length", 1 << 30)) - len(prompt_ids)

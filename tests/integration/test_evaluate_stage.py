@@ -68,7 +68,8 @@ def test_evaluate_the_reference_itself(tmp_path, models):
     assert m["ppl_answer"] < m["ppl_prompt"]  # the answer follows from the CoT; the prompt is random
     assert m["bytes"] >= (reference / "model.safetensors").stat().st_size
     assert all(isinstance(v, float) for v in m.values())
-    assert "| accuracy |" in out.extra["report_md"]
+    assert "| accuracy (exact match) |" in out.extra["report_md"]
+    assert m["agreement"] == 1.0 and m["vocab_size"] == len(build_demo_tokenizer())
     cached = list((tmp_path / "run" / "cache").glob("reference-*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["accuracy"] == m["accuracy"]
 
@@ -90,6 +91,7 @@ def test_retention_against_the_reference_is_computed_once(tmp_path, models, monk
     assert opened == [student, reference]
     assert first["retention"] == pytest.approx(first["accuracy"] / first["reference_accuracy"])
     assert first["reference_accuracy"] > first["accuracy"]  # 200 steps beat 60 steps
+    assert 0.0 < first["agreement"] < 1.0
     second = run(cfg, _input(tmp_path, student, reference)).metrics
     assert opened == [student, reference, student]  # the reference's accuracy came from the run cache
     assert second["reference_accuracy"] == first["reference_accuracy"]
@@ -101,6 +103,11 @@ def test_limit_and_reference_path(tmp_path, models):
     cfg = EvaluateConfig(limit=5, max_new_tokens=12, latency_repeats=1, reference=str(reference))
     m = run(cfg, _input(tmp_path, reference, student)).metrics  # `reference` overrides the recipe's model
     assert m["n_eval"] == 5 and m["accuracy"] > 0 and m["retention"] == pytest.approx(1.0)
+    m = run(
+        EvaluateConfig(limit=6, generate_limit=2, max_new_tokens=12, latency_repeats=1),
+        _input(tmp_path, student, reference),
+    ).metrics
+    assert m["n_eval"] == 2 and m["n_perplexity"] == 6
     with pytest.raises(FileNotFoundError, match="evaluate.reference"):
         run(EvaluateConfig(reference=str(tmp_path / "nope")), _input(tmp_path, student, reference))
 
@@ -114,7 +121,10 @@ def test_onnx_artifact_is_evaluated_by_the_same_code(tmp_path, models):
     hf = run(cfg, _input(tmp_path, student, reference)).metrics
     ort = run(cfg, _input(tmp_path, tmp_path / "onnx", reference)).metrics
     assert ort["accuracy"] == pytest.approx(hf["accuracy"]) and ort["answer_rate"] == hf["answer_rate"]
-    assert "ppl_cot" not in ort  # perplexity is measured on Hugging Face artifacts only
+    # perplexity through ONNX Runtime's decode steps: the same numbers, minus the prompt's
+    assert "ppl_prompt" not in ort and ort["ppl_cot"] == pytest.approx(hf["ppl_cot"], rel=1e-3)
+    assert ort["ppl_answer"] == pytest.approx(hf["ppl_answer"], rel=1e-3)
+    assert ort["agreement"] == pytest.approx(hf["agreement"], abs=0.01)
     assert abs(ort["params"] - hf["params"]) / hf["params"] < 0.05
     assert ort["retention"] == pytest.approx(hf["retention"])
 

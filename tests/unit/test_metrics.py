@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from chat_helpers import chat_bpe
 
 from slm_toolkit.data.example import COT, Example
 from slm_toolkit.data.segments import prompt_ids, tokenize_example
@@ -13,6 +14,7 @@ from slm_toolkit.demo.builtin import build_model
 from slm_toolkit.demo.task import generate_examples
 from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 from slm_toolkit.measures import metrics as M
+from slm_toolkit.measures import scoring as S
 from slm_toolkit.runtime.torch import TorchGenerator
 
 ARCH = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
@@ -31,6 +33,14 @@ def model(tok):
 @pytest.fixture(scope="module")
 def examples():
     return generate_examples(6, 0, steps=2, digits=1, ops="+-", verify=0)
+
+
+class StepOnly:
+    """A backend that only has the protocol (no torch `model`): scoring goes through decode steps."""
+
+    def __init__(self, gen):
+        self.gen, self.pad_token_id, self.backend = gen, gen.pad_token_id, "stub"
+        self.prefill, self.decode_step, self.select = gen.prefill, gen.decode_step, gen.select
 
 
 class Scripted:
@@ -125,7 +135,7 @@ def test_exact_match_on_a_real_model_in_any_batch_size(tok, model, examples):
 
 
 def test_segment_perplexity_matches_masked_loss(tok, model, examples):
-    out = M.segment_perplexity(model, tok, examples, batch_size=4)
+    out = S.segment_perplexity(model, tok, examples, batch_size=4)
     assert set(out) == {f"{k}_{s}" for k in ("nll", "ppl") for s in ("prompt", "cot", "answer")}
     # reference: transformers' own loss with labels only on the CoT tokens, one example at a time
     total, count = 0.0, 0
@@ -142,7 +152,7 @@ def test_segment_perplexity_matches_masked_loss(tok, model, examples):
 
 
 def test_segment_perplexity_skips_empty_segments(tok, model):
-    out = M.segment_perplexity(model, tok, [Example(prompt="1+1=", cot="", answer="2")])
+    out = S.segment_perplexity(model, tok, [Example(prompt="1+1=", cot="", answer="2")])
     assert "nll_cot" not in out and "nll_answer" in out
 
 
@@ -160,3 +170,57 @@ def test_decode_latency_real_model_produces_exact_tokens(tok, model):
     gen = TorchGenerator(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     out = M.decode_latency(gen, [tok.bos_token_id, 8, 9], new_tokens=10, repeats=2)
     assert out["new_tokens"] == 10 and out["latency_ms_median"] > 0
+
+
+def test_teacher_forced_forward_and_decode_steps_agree(tok, model, examples):
+    gen = TorchGenerator(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    seqs = [tokenize_example(tok, ex).ids for ex in examples]
+    prefixes = [s[:3] for s in seqs]
+    conts = [s[3 : 3 + k] for k, s in zip((1, 5, 9, 0, 12, 7), seqs)]  # ragged, one empty
+    fast = S.teacher_forced(gen, prefixes, conts, batch_size=4)
+    slow = S.teacher_forced(StepOnly(gen), prefixes, conts, batch_size=4)
+    for (lp_a, g_a), (lp_b, g_b), c in zip(fast, slow, conts):
+        assert len(lp_a) == len(lp_b) == len(g_a) == len(c)
+        assert lp_a == pytest.approx(lp_b, abs=1e-4) and (g_a == g_b).all()
+    # one sequence alone: log p(c_0 | prefix) is the prefix's last-position log-softmax
+    with torch.no_grad():
+        logits = model(torch.tensor([prefixes[1]])).logits[0, -1]
+    assert fast[1][0][0] == pytest.approx(float(torch.log_softmax(logits, -1)[conts[1][0]]), abs=1e-5)
+    assert fast[1][1][0] == int(logits.argmax())
+
+
+def test_segment_perplexity_without_torch_scores_what_follows_the_prompt(tok, model, examples):
+    gen = TorchGenerator(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    full = S.segment_perplexity(gen, tok, examples)
+    steps = S.segment_perplexity(StepOnly(gen), tok, examples)
+    assert "ppl_prompt" in full and "ppl_prompt" not in steps
+    assert steps["nll_cot"] == pytest.approx(full["nll_cot"], rel=1e-4)
+    assert steps["nll_answer"] == pytest.approx(full["nll_answer"], rel=1e-4)
+
+
+def test_greedy_agreement(tok, model, examples):
+    gen = TorchGenerator(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    prompts = [prompt_ids(tok, ex.prompt) for ex in examples]
+    own = M.greedy_generations(gen, tok, examples, max_new_tokens=10, batch_size=6)
+    assert all(0 < len(o) <= 11 for o in own)
+    assert S.greedy_agreement(StepOnly(gen), prompts, own) == 1.0  # its own greedy tokens, teacher-forced
+    other = build_model(ARCH, tok, max_positions=128, seed=1).eval()
+    share = S.greedy_agreement(other, prompts, own)
+    with torch.no_grad():  # by hand: argmax of the other model at each position of the first continuation
+        ids = torch.tensor([prompts[0] + own[0]])
+        picks = other(ids).logits[0, len(prompts[0]) - 1 : -1].argmax(-1).tolist()
+    first = sum(a == b for a, b in zip(picks, own[0]))
+    assert 0.0 <= share < 1.0
+    assert S.greedy_agreement(other, prompts[:1], own[:1]) == pytest.approx(first / len(own[0]))
+
+
+def test_exact_match_for_a_chat_model_without_think_markers():
+    chat = chat_bpe(["Q: 12 apples 3 pears #### 15 The answer is 15 dollars"] * 3)
+    examples = [Example("12+3?", "12+3=15", "15"), Example("2*4?", "2*4=8", "8"), Example("1+1?", "1+1=2", "2")]
+    script = {
+        tuple(prompt_ids(chat, "12+3?")): "12+3=15\n#### 15<|im_end|>",  # GSM8K form
+        tuple(prompt_ids(chat, "2*4?")): "2*4 is 8, so 8 dollars.<|im_end|>",  # the last number
+        tuple(prompt_ids(chat, "1+1?")): "I do not know.<|im_end|>",  # no answer
+    }
+    out = M.exact_match(Scripted(chat, script), chat, examples, max_new_tokens=50)
+    assert out["accuracy"] == pytest.approx(2 / 3) and out["answer_rate"] == pytest.approx(2 / 3)

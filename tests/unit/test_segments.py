@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from chat_helpers import CHATML, chat_bpe
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -13,6 +14,8 @@ from slm_toolkit.data.answers import is_correct, normalize_answer
 from slm_toolkit.data.example import ANSWER, COT, PROMPT, TEMPLATE, Example
 from slm_toolkit.data.loaders import load_jsonl_examples
 from slm_toolkit.data.segments import (
+    ANSWER_MARK,
+    extract_answer,
     prompt_ids,
     segment_counts,
     segment_mask,
@@ -21,13 +24,13 @@ from slm_toolkit.data.segments import (
     split_generation,
     tokenize_example,
     tokenize_examples,
+    uses_think_markers,
 )
 from slm_toolkit.demo.task import generate_examples
 from slm_toolkit.demo.tokenizer import build_demo_tokenizer, train_bpe_tokenizer
 
-GSM8K = (
-    Path(os.environ.get("SLM_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data") / "gsm8k"
-)
+GSM8K = Path(__file__).resolve().parents[1] / "fixtures" / "gsm8k"  # invented problems in GSM8K's format
+SMOLLM2_HF = os.environ.get("SLM_SMOLLM2_HF", "")  # a converted SmolLM2-135M-Instruct folder (slow test)
 TINY_CHAT = (
     "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]\n{{ m['content'] }}"
     "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
@@ -74,9 +77,19 @@ def test_demo_examples_exact(verify):
     assert_segments_exact(tok, examples, tokenized)
 
 
-def test_all_of_gsm8k_test_exact_with_byte_level_bpe(bpe):
-    examples = load_jsonl_examples(GSM8K / "test.jsonl", "gsm8k")
+def test_gsm8k_format_exact_with_byte_level_bpe(bpe):
+    assert_gsm8k_exact(bpe, load_jsonl_examples(GSM8K / "test.jsonl", "gsm8k"))
+
+
+def test_all_of_gsm8k_test_exact_with_byte_level_bpe(gsm8k_full):
+    examples = load_jsonl_examples(gsm8k_full / "test.jsonl", "gsm8k")
     assert len(examples) == 1319
+    rows = load_jsonl_examples(gsm8k_full / "train.jsonl", "gsm8k")[:1500]
+    bpe = train_bpe_tokenizer((f"{r.prompt}\n{r.cot}\n{r.answer}" for r in rows), vocab_size=1500)
+    assert_gsm8k_exact(bpe, examples)
+
+
+def assert_gsm8k_exact(bpe, examples):
     tokenized = tokenize_examples(bpe, examples)
     assert_segments_exact(bpe, examples, tokenized)
     cot_ids = [[i for i, s in zip(t.ids, t.segments) if s == COT] for t in tokenized]
@@ -178,3 +191,84 @@ def test_answers():
     assert is_correct("11", "11") and is_correct("11.00", "11") and is_correct("1,234", "1234")
     assert not is_correct(None, "11") and not is_correct("", "11") and not is_correct("111", "11")
     assert not is_correct("1", "-1")
+
+
+@pytest.fixture(scope="module")
+def gsm8k_test():
+    return load_jsonl_examples(GSM8K / "test.jsonl", "gsm8k")
+
+
+def assert_chat_layout(tok, examples):
+    """P = the chat template's user turn + assistant prefix, token for token; CoT, ANSWER_MARK, A, end of turn."""
+    assert not uses_think_markers(tok)
+    tokenized = tokenize_examples(tok, examples)
+    assert_segments_exact(tok, examples, tokenized)
+    for ex, t in zip(examples, tokenized):
+        chat = tok.apply_chat_template([{"role": "user", "content": ex.prompt}], add_generation_prompt=True)
+        assert prompt_ids(tok, ex.prompt) == chat
+        template = [i for i, s in zip(t.ids[len(chat) :], t.segments[len(chat) :]) if s == TEMPLATE]
+        assert tok.decode(template) == ANSWER_MARK + "<|im_end|>"
+        full = tok.apply_chat_template(
+            [
+                {"role": "user", "content": ex.prompt},
+                {"role": "assistant", "content": ex.cot + ANSWER_MARK + ex.answer},
+            ],
+            tokenize=False,
+        )
+        assert (
+            tok.decode(t.ids, clean_up_tokenization_spaces=False)
+            == full[: full.rindex("<|im_end|>") + len("<|im_end|>")]
+        )
+
+
+def test_chat_model_without_think_markers_gets_gsm8k_layout(gsm8k_test):
+    tok = chat_bpe([f"{r.prompt}\n{r.cot}\n#### {r.answer}" for r in gsm8k_test[:800]])
+    assert_chat_layout(tok, gsm8k_test[:300])
+    t = tokenize_example(tok, gsm8k_test[0])
+    assert t.ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_gguf_tokenizer_with_wrong_eos_still_ends_at_the_turn_end(gsm8k_test):
+    # transformers' GGUF conversion of SmolLM2 names <|im_start|> as EOS; the template writes <|im_end|>
+    tok = chat_bpe([r.prompt for r in gsm8k_test[:200]], eos="<|im_start|>")
+    ex = Example("What is 2+3?", "2+3=5", "5")
+    t = tokenize_example(tok, ex)
+    assert tok.decode(t.ids).endswith("2+3=5\n#### 5<|im_end|>")
+    assert segment_text(tok, t, "answer") == "5"
+
+
+def test_which_models_use_think_markers():
+    assert uses_think_markers(build_demo_tokenizer())  # no chat template: the demo world's plain layout
+    demo_chat = build_demo_tokenizer()
+    demo_chat.chat_template = TINY_CHAT  # <think> is in its vocabulary
+    assert uses_think_markers(demo_chat)
+    plain = chat_bpe(["a b c"])
+    assert not uses_think_markers(plain)
+    plain.chat_template = CHATML + "{% if add_generation_prompt %}<think>{% endif %}"  # R1 style
+    assert uses_think_markers(plain)
+
+
+def test_extract_answer():
+    # think format: only after </think> (the demo world's semantics)
+    assert extract_answer("7+3=10</think>10<eos>", think=True) == "10"
+    assert extract_answer("7+3=10", think=True) is None
+    # chat models: GSM8K's #### form, else the last number
+    assert extract_answer("so 9 * 2 = 18\n#### 18<|im_end|>", think=False) == "18"
+    assert extract_answer("#### 180\nThe answer is: 180<|im_end|>", think=False) == "180"
+    assert extract_answer("x #### 5 \n#### $1,234.50 dollars", think=False) == "$1,234.50"
+    assert extract_answer("#### seven", think=False) == "seven"
+    assert extract_answer("He earns 624 * 4 = 2480 dollars per day.", think=False) == "2480"
+    assert extract_answer("Total: $1,000.<|im_end|> 7", think=False) == "$1,000"
+    assert extract_answer("It is -3 degrees", think=False) == "-3"
+    assert extract_answer("I cannot tell.", think=False) is None
+    assert is_correct(extract_answer("#### $1,000.00", think=False), "1000")
+    assert is_correct(extract_answer("she pays 18.0 dollars", think=False), "18")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(SMOLLM2_HF, "tokenizer.json").is_file(), reason="set SLM_SMOLLM2_HF to a SmolLM2 folder")
+def test_smollm2_tokenizer_segments_exact_on_gsm8k(gsm8k_test):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(SMOLLM2_HF)
+    assert_chat_layout(tok, gsm8k_test)
