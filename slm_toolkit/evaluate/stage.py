@@ -34,13 +34,13 @@ from slm_toolkit.data.segments import prompt_ids
 from slm_toolkit.evaluate.config import EvaluateConfig
 from slm_toolkit.measures import metrics as M
 from slm_toolkit.measures import scoring as S
+from slm_toolkit.models.load import load_tokenizer
+from slm_toolkit.models.resolve import resolve_model
+from slm_toolkit.runtime import loader
 from slm_toolkit.stage import StageInput, StageOutput
 
 
 def run(cfg: EvaluateConfig, inp: StageInput) -> StageOutput:
-    from slm_toolkit.models.load import load_tokenizer
-    from slm_toolkit.runtime.loader import load_generator
-
     # setup
     artifact = _target(cfg.model, inp)
     examples = inp.data.eval[: cfg.limit] if cfg.limit else list(inp.data.eval)
@@ -54,7 +54,7 @@ def run(cfg: EvaluateConfig, inp: StageInput) -> StageOutput:
 
     # quality
     t0 = time.perf_counter()
-    generator = load_generator(artifact, backend=cfg.backend, device=inp.device, threads=inp.threads)
+    generator = loader.load_generator(artifact, backend=cfg.backend, device=inp.device, threads=inp.threads)
     generations = M.greedy_generations(generator, tokenizer, generated, max_new, cfg.batch_size, progress=True)
     quality = M.answer_scores(generated, M.answers_of(tokenizer, generations))
     timings["generate_s"] = time.perf_counter() - t0
@@ -123,8 +123,6 @@ def _target(model: str | None, inp: StageInput) -> Path:
     """The folder to evaluate: the stage's input, or the model the config names (e.g. the base student)."""
     if model is None:
         return Path(inp.artifact or inp.model)
-    from slm_toolkit.models.resolve import resolve_model
-
     return resolve_model(model, task=inp.data.options.get("task", {}), seed=inp.seed)
 
 
@@ -159,13 +157,9 @@ def reference_generations(
         saved = json.loads(cache.read_text())
         if "tokens" in saved:
             return {"accuracy": float(saved["accuracy"]), "tokens": saved["tokens"]}
-    from slm_toolkit.models.load import load_tokenizer
-
     tokenizer = load_tokenizer(reference)
     if own is None:
-        from slm_toolkit.runtime.loader import load_generator
-
-        generator = load_generator(reference, backend="auto", device=device, threads=threads)
+        generator = loader.load_generator(reference, backend="auto", device=device, threads=threads)
         own = M.greedy_generations(generator, tokenizer, examples, max_new, batch_size, True, "reference")
     accuracy = M.answer_scores(examples, M.answers_of(tokenizer, own))["accuracy"]
     write_json_atomic(

@@ -8,6 +8,10 @@
         importance: taylor   # magnitude | taylor | activation
         calibration: {samples: 128, batch_size: 16}
         round_to: 8          # keep pruned dimensions multiples of this
+        measure:             # before/after figures of the stage (healing comes later)
+          limit: 64          # eval examples scored for perplexity, input vs pruned (null = all)
+          generate: 64       # of those, examples generated for exact match (0 = none)
+          max_new_tokens: null   # generation budget; null = from the data
 
 What needs the model (a ratio that would remove every KV head, more layers than the model has)
 is checked when the stage starts, with a message naming the field.
@@ -18,6 +22,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from slm_toolkit.core.types import NonNegativeInt, PositiveInt
 
 
 class CalibrationConfig(BaseModel):
@@ -34,6 +40,17 @@ class CalibrationConfig(BaseModel):
         return v
 
 
+class MeasureConfig(BaseModel):
+    """What the stage measures before/after: on a 135M model every generated token is a forward
+    pass of both models on the CPU, so generation is bounded separately from perplexity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: PositiveInt | None = 64
+    generate: NonNegativeInt = 64
+    max_new_tokens: PositiveInt | None = None
+
+
 class PruneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +61,7 @@ class PruneConfig(BaseModel):
     importance: Literal["magnitude", "taylor", "activation"] = "taylor"
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     round_to: int = 8
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
 
     @field_validator("heads", "mlp", "hidden")
     @classmethod

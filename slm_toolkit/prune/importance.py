@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from slm_toolkit.data.example import TEMPLATE, Example
+from slm_toolkit.data.segments import tokenize_examples
 from slm_toolkit.data.tensors import pad_right
 
 CRITERIA = ("magnitude", "taylor", "activation")
@@ -48,8 +49,6 @@ def calibration_batches(
     tokenizer: Any, examples: Sequence[Example], samples: int, batch_size: int, device: str = "cpu"
 ) -> list[CalibBatch]:
     """The first `samples` examples, tokenized with their segment ids, in padded batches."""
-    from slm_toolkit.data.segments import tokenize_examples
-
     chosen = list(examples)[:samples]
     if not chosen:
         raise ValueError("prune needs calibration examples: the recipe's data has no training examples")

@@ -8,8 +8,9 @@ save     a plain Hugging Face folder in the workdir: rewritten config, safetenso
 gate     reload it with AutoModelForCausalLM.from_pretrained and compare logits with the
          in-memory pruned model; export it to ONNX and check greedy agreement with PyTorch.
          Either failing fails the stage (PruneGateError)
-measure  parameters and bytes before/after, exact-match accuracy before/after (healing is the
-         following distill stage), batch-1 decode latency of pruned vs unpruned, interleaved
+measure  parameters and bytes before/after; per-segment perplexity and exact-match accuracy
+         before/after on `measure.limit` / `measure.generate` eval examples (healing is the
+         following distill stage); batch-1 decode latency of pruned vs unpruned, interleaved
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ from typing import Any
 
 import torch
 
+from slm_toolkit.core.artifacts import Kind, write_meta
+from slm_toolkit.data.segments import prompt_ids
 from slm_toolkit.measures.latency import interleaved_latency
+from slm_toolkit.measures.metrics import bytes_on_disk, count_parameters, exact_match, generation_budget
 from slm_toolkit.measures.parity import parity
-from slm_toolkit.prune.config import PruneConfig
+from slm_toolkit.measures.scoring import segment_perplexity
+from slm_toolkit.models.load import load_model
+from slm_toolkit.models.onnx_export import export_onnx
+from slm_toolkit.prune.config import MeasureConfig, PruneConfig
+from slm_toolkit.runtime.loader import load_generator
 from slm_toolkit.stage import StageInput, StageOutput
 
 RELOAD_ATOL = 1e-4  # fp32 reload of the same weights is exact; this only allows for kernels
@@ -38,9 +46,6 @@ class PruneGateError(RuntimeError):
 
 
 def run(cfg: PruneConfig, inp: StageInput) -> StageOutput:
-    from slm_toolkit.core.artifacts import Kind, write_meta
-    from slm_toolkit.measures.metrics import bytes_on_disk, count_parameters
-    from slm_toolkit.models.load import load_model
     from slm_toolkit.prune.importance import calibration_batches
 
     # setup
@@ -85,7 +90,7 @@ def run(cfg: PruneConfig, inp: StageInput) -> StageOutput:
         "reload_max_abs_logit_diff": reload_diff,
         **onnx,
     }
-    metrics.update(quality_and_speed(src, reloaded, tokenizer, list(inp.data.eval), inp.device))
+    metrics.update(quality_and_speed(src, reloaded, tokenizer, list(inp.data.eval), inp.device, cfg.measure))
     metrics["params_ratio"] = metrics["params"] / metrics["input_params"]
     metrics["bytes_ratio"] = metrics["bytes"] / metrics["input_bytes"] if metrics["input_bytes"] else 0.0
     measure_s = time.perf_counter() - t2
@@ -185,9 +190,6 @@ def onnx_gate(
 ) -> dict[str, float]:
     """Export to ONNX (optimum, via models/onnx_export.py) in a hidden scratch folder and require the same greedy
     tokens as PyTorch on a few prompts (the export stage's parity check). The scratch is removed."""
-    from slm_toolkit.data.segments import prompt_ids
-    from slm_toolkit.models.onnx_export import export_onnx
-    from slm_toolkit.runtime.loader import load_generator
     from slm_toolkit.runtime.torch import TorchGenerator
 
     prompts = [prompt_ids(tokenizer, ex.prompt) for ex in examples[:ONNX_PROMPTS]]
@@ -211,31 +213,40 @@ def onnx_gate(
     }
 
 
-def quality_and_speed(src: Path, pruned: Any, tokenizer: Any, examples: list, device: str) -> dict[str, float]:
-    """Exact-match accuracy of the input and the pruned model on the eval examples, and batch-1
-    decode latency of both, measured interleaved (A, B, A, B, ...) so load drifts hit both alike."""
-    from slm_toolkit.data.segments import prompt_ids
-    from slm_toolkit.measures.metrics import exact_match, generation_budget
+def quality_and_speed(
+    src: Path, pruned: Any, tokenizer: Any, examples: list, device: str, measure: MeasureConfig | None = None
+) -> dict[str, float]:
+    """Per-segment perplexity and exact-match accuracy of the input and the pruned model on the
+    eval examples (bounded by `measure`), and batch-1 decode latency of both, measured
+    interleaved (A, B, A, B, ...) so load drifts hit both alike."""
     from slm_toolkit.runtime.torch import TorchGenerator
 
+    measure = measure or MeasureConfig()
     if not examples:
         raise ValueError("prune needs eval examples to measure accuracy before/after (data.eval is empty)")
+    scored = examples[: measure.limit] if measure.limit else examples
+    generated = scored[: measure.generate]
     before, after = TorchGenerator.from_folder(src, device=device), TorchGenerator(pruned)
-    budget = generation_budget(tokenizer, examples)
-    q0 = exact_match(before, tokenizer, examples, budget)
-    q1 = exact_match(after, tokenizer, examples, budget)
+    out: dict[str, float] = {}
+    for prefix, gen in (("input_", before), ("", after)):
+        ppl = segment_perplexity(gen, tokenizer, scored)
+        out.update({prefix + k: v for k, v in ppl.items() if k.startswith("ppl_")})
+    if generated:
+        budget = measure.max_new_tokens or generation_budget(tokenizer, generated)
+        q0 = exact_match(before, tokenizer, generated, budget)
+        q1 = exact_match(after, tokenizer, generated, budget)
+        out.update(
+            input_accuracy=q0["accuracy"],
+            accuracy=q1["accuracy"],
+            answer_rate=q1["answer_rate"],
+            retention=q1["accuracy"] / q0["accuracy"] if q0["accuracy"] else 0.0,
+            n_eval=float(len(generated)),
+        )
     prompt = prompt_ids(tokenizer, examples[0].prompt)
     speed = interleaved_latency({"input": before, "pruned": after}, prompt, LATENCY_NEW_TOKENS, LATENCY_ROUNDS)
     t0, t1 = speed["input"]["latency_ms_median"], speed["pruned"]["latency_ms_median"]
-    return {
-        "input_accuracy": q0["accuracy"],
-        "accuracy": q1["accuracy"],
-        "answer_rate": q1["answer_rate"],
-        "retention": q1["accuracy"] / q0["accuracy"] if q0["accuracy"] else 0.0,
-        "input_latency_ms_median": t0,
-        "latency_ms_median": t1,
-        "speedup": t0 / t1 if t1 else 0.0,
-    }
+    out.update(input_latency_ms_median=t0, latency_ms_median=t1, speedup=t0 / t1 if t1 else 0.0)
+    return out
 
 
 def report_md(cfg: PruneConfig, m: dict[str, float], dropped: list[int]) -> str:
@@ -245,6 +256,25 @@ def report_md(cfg: PruneConfig, m: dict[str, float], dropped: list[int]) -> str:
         f"hidden {cfg.hidden:g}" if cfg.hidden else "",
         f"layers {cfg.layers} (dropped {dropped})" if cfg.layers else "",
     ]
+    rows = [
+        f"| parameters | {m['input_params'] / 1e6:.3f} M | {m['params'] / 1e6:.3f} M | ×{m['params_ratio']:.2f} |",
+        f"| bytes on disk | {m['input_bytes'] / 1e6:.2f} MB | {m['bytes'] / 1e6:.2f} MB | ×{m['bytes_ratio']:.2f} |",
+    ]
+    for seg in ("cot", "answer"):
+        if f"ppl_{seg}" in m and f"input_ppl_{seg}" in m:
+            rows.append(
+                f"| perplexity, {seg} (before healing) | {m[f'input_ppl_{seg}']:.3f} | {m[f'ppl_{seg}']:.3f} | "
+                f"×{m[f'ppl_{seg}'] / m[f'input_ppl_{seg}']:.2f} |"
+            )
+    if "accuracy" in m:
+        rows.append(
+            f"| accuracy (before healing, {int(m['n_eval'])} examples) | {m['input_accuracy']:.3f} | "
+            f"{m['accuracy']:.3f} | retention {m['retention']:.2f} |"
+        )
+    rows.append(
+        f"| batch-1 decode, {LATENCY_NEW_TOKENS} tokens | {m['input_latency_ms_median']:.1f} ms | "
+        f"{m['latency_ms_median']:.1f} ms | ×{m['speedup']:.2f} faster |"
+    )
     return (
         "\n".join(
             [
@@ -252,16 +282,12 @@ def report_md(cfg: PruneConfig, m: dict[str, float], dropped: list[int]) -> str:
                 "",
                 "| | input | pruned | change |",
                 "|---|---|---|---|",
-                f"| parameters | {m['input_params'] / 1e6:.3f} M | {m['params'] / 1e6:.3f} M | ×{m['params_ratio']:.2f} |",
-                f"| bytes on disk | {m['input_bytes'] / 1e6:.2f} MB | {m['bytes'] / 1e6:.2f} MB | ×{m['bytes_ratio']:.2f} |",
-                f"| accuracy (before healing) | {m['input_accuracy']:.3f} | {m['accuracy']:.3f} | retention {m['retention']:.2f} |",
-                f"| batch-1 decode, {LATENCY_NEW_TOKENS} tokens | {m['input_latency_ms_median']:.1f} ms | "
-                f"{m['latency_ms_median']:.1f} ms | ×{m['speedup']:.2f} faster |",
+                *rows,
                 "",
                 f"Shape: {int(m['num_hidden_layers'])} layers, {int(m['num_attention_heads'])} heads / "
                 f"{int(m['num_key_value_heads'])} KV heads × {int(m['head_dim'])}, MLP {int(m['intermediate_size'])}, "
                 f"hidden {int(m['hidden_size'])}. Gates: reload max |logit diff| {m['reload_max_abs_logit_diff']:.1e}; "
-                f"ONNX greedy agreement {m['onnx_token_agreement']:.0%}. Accuracy after healing comes from the next "
+                f"ONNX greedy agreement {m['onnx_token_agreement']:.0%}. Quality after healing comes from the next "
                 "distill + evaluate stages.",
             ]
         )
