@@ -1,7 +1,11 @@
 """The FastAPI app: OpenAI-compatible routes in front of the engine thread.
 
-The event loop only parses, tokenizes, detokenizes and streams; model code runs in the
-engine's thread. Every error is answered in OpenAI's {"error": {message, type, param, code}} shape.
+The event loop only parses, tokenizes short prompts, detokenizes and streams; model code runs
+in the engine's thread, and prompts longer than `OFFLOAD_CHARS` are tokenized in a worker
+thread (the tokenizer releases the GIL), so one large prompt never stalls other requests. A
+prompt with more characters than the context could hold (max_model_len x the longest token's
+length) is refused before tokenizing. Every error is answered in OpenAI's
+{"error": {message, type, param, code}} shape.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -20,22 +24,27 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slm_toolkit.runtime.base import Generator
+from slm_toolkit.runtime.decoding import prompt_logprobs
 from slm_toolkit.serving import schemas as S
+from slm_toolkit.serving.chat import ChatFormat
 from slm_toolkit.serving.config import ServeConfig
 from slm_toolkit.serving.engine import (
     Engine,
     EngineError,
     EngineUnavailable,
     GenRequest,
+    Job,
     QueueFull,
     SamplingParams,
-    ScoreJob,
+    score_job,
 )
 from slm_toolkit.serving.metrics import ServerMetrics
 from slm_toolkit.serving.middleware import Guard
+from slm_toolkit.serving.openapi import document
 from slm_toolkit.serving.text import TextAssembler
 
 log = logging.getLogger("slm_toolkit.serving")
+OFFLOAD_CHARS = 8192  # longer prompts are tokenized off the event loop
 
 
 class Service:
@@ -47,13 +56,16 @@ class Service:
         tokenizer,
         cfg: ServeConfig,
         model_name: str,
+        accepted_names: Iterable[str] = (),
+        reasoning_marker: str | None = None,
+        batch_invariant: bool = True,
         on_load_failure: Callable[[], None] | None = None,
     ):
         self.tokenizer, self.cfg, self.model_name = tokenizer, cfg, model_name
+        self.accepted = {model_name, *accepted_names}
         self.metrics = ServerMetrics()
-        first = next(
-            (i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None), 0
-        )
+        special = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        first = next((i for i in special if i is not None), 0)
         self.engine = Engine(
             load,
             self.metrics,
@@ -61,12 +73,17 @@ class Service:
             max_queue=cfg.max_queue,
             token_budget=cfg.token_budget,
             scheduler=cfg.scheduler,
+            batch_invariant=batch_invariant,
             warmup_ids=[first] * 4,
             on_load_failure=on_load_failure,
         )
-        self._hidden = {
-            i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None
-        }
+        self._hidden = {i for i in special if i is not None}
+        self.chat = ChatFormat(tokenizer, reasoning_marker)
+        # the most characters one token can stand for: a prompt longer than max_model_len times
+        # this cannot fit, whatever it tokenizes to
+        self.chars_per_token = max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
+        self._vocab = len(tokenizer)
+        self._token_text: dict[int, str] = {}
 
     # ---- text <-> ids ---------------------------------------------------------------
     def max_model_len(self) -> int:
@@ -77,36 +94,48 @@ class Service:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i not in self._hidden], skip_special_tokens=False)
 
-    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+    def token_text(self, token: int) -> str:
+        text = self._token_text.get(token)
+        if text is None:
+            text = self._token_text[token] = self.tokenizer.decode([token], skip_special_tokens=False)
+        return text
+
+    def check_chars(self, chars: int, param: str) -> None:
+        """Refuse, before tokenizing, text too long for the context whatever it tokenizes to."""
+        limit = self.max_model_len()
+        if chars > limit * self.chars_per_token:
+            raise S.RequestError(
+                f"{param} is {chars} characters: more than this model's maximum context length of {limit} "
+                f"tokens can hold (a token stands for at most {self.chars_per_token} characters)",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    async def off_loop(self, chars: int, fn, *args):
+        """fn(*args) here when the text is short, else in a worker thread (long prompts)."""
+        if chars <= OFFLOAD_CHARS:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    async def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
-            return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
-        vocab = len(self.tokenizer)
-        bad = next((i for i in prompt if not 0 <= i < vocab), None)
+            self.check_chars(len(prompt), "prompt")
+            return await self.off_loop(len(prompt), self._encode, prompt)
+        bad = next((i for i in prompt if not 0 <= i < self._vocab), None)
         if bad is not None:
-            raise S.RequestError(f"prompt: token id {bad} is outside the vocabulary [0, {vocab})", param="prompt")
+            raise S.RequestError(f"prompt: token id {bad} is outside the vocabulary [0, {self._vocab})", param="prompt")
         return list(prompt)
 
-    def encode_chat(self, messages: list[S.ChatMessage]) -> list[int]:
-        """One user message: the exact generation prompt the toolkit trains and evaluates with
-        (segments.prompt_ids: the chat template or the plain one, then `<think>`). Longer
-        conversations: the tokenizer's chat template; without one, system/user turns joined."""
-        from slm_toolkit.data.segments import prompt_ids
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
-        tok = self.tokenizer
-        if len(messages) == 1 and messages[0].role == "user":
-            return list(prompt_ids(tok, messages[0].content))
-        if getattr(tok, "chat_template", None):
-            convo = [{"role": m.role, "content": m.content} for m in messages]
-            return list(tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=True))
-        if any(m.role == "assistant" for m in messages) or messages[-1].role != "user":
-            raise S.RequestError(
-                "messages: this model has no chat template; send system/user messages ending with a user message",
-                param="messages",
-            )
-        return list(prompt_ids(tok, "\n\n".join(m.content for m in messages)))
+    async def encode_chat(self, messages: list[S.ChatMessage]) -> list[int]:
+        chars = sum(len(m.text()) for m in messages)
+        self.check_chars(chars, "messages")
+        return await self.off_loop(chars, self.chat.prompt_ids, messages)
 
     def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.model_name:
+        if name is not None and name not in self.accepted:
             raise S.RequestError(
                 f"model '{name}' does not exist; this server serves '{self.model_name}'",
                 404,
@@ -114,72 +143,121 @@ class Service:
                 code="model_not_found",
             )
 
+    def model_card(self) -> dict:
+        return {
+            "id": self.model_name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "slm-toolkit",
+            "max_model_len": self.max_model_len(),
+        }
+
     # ---- generation ------------------------------------------------------------------
-    def submit(self, body: S.SamplingFields, ids: list[int]) -> GenRequest:
+    def requests_for(self, body: S.SamplingFields, prompts: list[list[int]]) -> list[GenRequest]:
+        """n sequences per prompt, sharing one event queue; choice index = prompt x n + j. Choice 0
+        of a prompt samples with `seed` itself (as a request with n=1 would), choice j with (seed, j)."""
         limit = self.max_model_len()
-        max_tokens = body.max_tokens if body.max_tokens is not None else limit - len(ids)
-        if len(ids) + max(max_tokens, 1) > limit:
-            raise S.RequestError(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{len(ids) + max_tokens} tokens ({len(ids)} in the prompt, {max_tokens} for the completion). "
-                "Please reduce the prompt or max_tokens.",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            min_tokens=min(body.min_tokens, max_tokens),
-            ignore_eos=body.ignore_eos,
-        )
-        now = time.perf_counter()
-        req = GenRequest(ids, params, asyncio.get_running_loop(), asyncio.Queue(), now, now + self.cfg.request_timeout)
-        self.engine.submit(req)
-        return req
+        loop, queue, now = asyncio.get_running_loop(), asyncio.Queue(), time.perf_counter()
+        deadline = now + self.cfg.request_timeout
+        reqs = []
+        for p, ids in enumerate(prompts):
+            wanted = body.token_limit()
+            max_tokens = wanted if wanted is not None else limit - len(ids)
+            if len(ids) + max(max_tokens, 1) > limit:
+                param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+                raise S.RequestError(
+                    f"This model's maximum context length is {limit} tokens. However, you requested "
+                    f"{len(ids) + max_tokens} tokens ({len(ids)} in the prompt, {max_tokens} for the completion). "
+                    f"Please reduce the prompt or {param}.",
+                    param=param,
+                    code="context_length_exceeded",
+                )
+            for j in range(body.n):
+                seed = body.seed if body.seed is None or j == 0 else (body.seed, j)
+                params = SamplingParams(
+                    max_tokens=max_tokens,
+                    temperature=body.temperature,
+                    top_p=body.top_p,
+                    seed=seed,
+                    min_tokens=min(body.min_tokens, max_tokens),
+                    ignore_eos=body.ignore_eos,
+                    presence_penalty=body.presence_penalty,
+                    frequency_penalty=body.frequency_penalty,
+                    logprobs=body.top_logprobs_count(),
+                )
+                reqs.append(GenRequest(ids, params, loop, queue, now, deadline, index=p * body.n + j))
+        return reqs
 
-    async def events(self, req: GenRequest, asm: TextAssembler) -> AsyncIterator[tuple[str, str | None]]:
-        """(text delta, finish reason or None) until the request ends; cancels it if abandoned.
-        Tokens that are already waiting are sent as one delta: a stream that fell behind (or the
-        naive scheduler, which hands over all its tokens at once) costs one SSE write, not one
-        per token; a stream that keeps up still gets every token as it is made."""
-        ended, pending = False, ""
+    def job(self, run: Callable, prompt: list[int], n_tokens: int) -> Job:
+        loop, now = asyncio.get_running_loop(), time.perf_counter()
+        return Job(run, n_tokens, loop, loop.create_future(), now, now + self.cfg.request_timeout, prompt_ids=prompt)
+
+    async def wait_job(self, job: Job):
         try:
-            while True:
-                if pending and req.events.empty():
-                    yield pending, None
-                    pending = ""
-                event = req.events.get_nowait() if not req.events.empty() else await _next_event(req)
-                if event[0] == "token":
-                    pending += asm.add(event[1])
-                    if asm.stopped:
-                        self.engine.cancel(req, "stop")
-                        ended = True
-                        yield pending, "stop"
-                        return
-                elif event[0] == "finish":
-                    ended = True
-                    yield pending + asm.flush(), event[1]
-                    return
-                else:
-                    ended = True
-                    if pending:
-                        yield pending, None
-                    raise EngineError(event[1], event[2])
-        finally:
-            if not ended:  # client gone, timed out or cancelled: drop the sequence at the next step
-                self.engine.cancel(req, "cancelled")
+            return await asyncio.wait_for(asyncio.shield(job.future), self.cfg.request_timeout + 5.0)
+        except asyncio.TimeoutError:
+            self.engine.cancel(job)
+            raise EngineError(408, "the request timed out") from None
 
-    async def collect(self, request: Request, req: GenRequest, asm: TextAssembler) -> tuple[str, str]:
-        """Whole output of a non-streaming request; a client disconnect cancels it."""
+    async def events(
+        self, reqs: list[GenRequest], asms: list[TextAssembler]
+    ) -> AsyncIterator[tuple[int, str, str | None, list]]:
+        """(choice, text delta, finish reason or None, [(token, logprobs)]) until every choice
+        ended; cancels what is left if abandoned. Tokens already waiting are sent as one delta per
+        choice: a stream that fell behind costs one SSE write, not one per token."""
+        queue = reqs[0].events
+        deadline = max(r.deadline for r in reqs)
+        pending: dict[int, list] = {}
+        ended: set[int] = set()
+        want_info = reqs[0].params.logprobs is not None
+        try:
+            while len(ended) < len(reqs):
+                if pending and queue.empty():
+                    for i, (text, infos) in pending.items():
+                        yield i, text, None, infos
+                    pending.clear()
+                event = queue.get_nowait() if not queue.empty() else await _next_event(queue, deadline)
+                kind, i = event[0], event[1]
+                if i in ended:
+                    continue  # the engine's finish after a stop string ended the choice here
+                asm = asms[i]
+                if kind == "token":
+                    entry = pending.setdefault(i, ["", []])
+                    entry[0] += asm.add(event[2])
+                    if want_info:
+                        entry[1].append((event[2], event[3]))
+                    if asm.stopped:
+                        self.engine.cancel(reqs[i], "stop")
+                        ended.add(i)
+                        text, infos = pending.pop(i)
+                        yield i, text, "stop", infos
+                elif kind == "finish":
+                    ended.add(i)
+                    text, infos = pending.pop(i, ("", []))
+                    yield i, text + asm.flush(), event[2], infos
+                else:
+                    for j, (text, infos) in pending.items():
+                        yield j, text, None, infos
+                    pending.clear()
+                    ended.update(range(len(reqs)))
+                    raise EngineError(event[2], event[3])
+        finally:
+            if len(ended) < len(reqs):  # client gone, timed out or cancelled: drop the sequences
+                for r in reqs:
+                    self.engine.cancel(r, "cancelled")
+
+    async def collect(self, request: Request, reqs: list[GenRequest], asms: list[TextAssembler]) -> list[tuple]:
+        """Whole output of a non-streaming request: per choice (text, finish, [(token, logprobs)]);
+        a client disconnect cancels it."""
 
         async def consume():
-            parts = []
-            async for delta, finish in self.events(req, asm):
-                parts.append(delta)
+            out = [["", None, []] for _ in reqs]
+            async for i, delta, finish, infos in self.events(reqs, asms):
+                out[i][0] += delta
+                out[i][2] += infos
                 if finish:
-                    return "".join(parts), finish
+                    out[i][1] = finish
+            return out
 
         task = asyncio.create_task(consume())
         watcher = asyncio.create_task(_wait_disconnect(request))
@@ -187,15 +265,42 @@ class Service:
         watcher.cancel()
         if not task.done():
             task.cancel()
-            self.engine.cancel(req, "cancelled")
+            for r in reqs:
+                self.engine.cancel(r, "cancelled")
             raise EngineError(499, "client disconnected")
         return task.result()
 
+    # ---- logprobs in OpenAI's two shapes ---------------------------------------------
+    def completion_logprobs(self, entries: list[tuple[int, tuple | None]], offset: int) -> dict:
+        tokens, lps, tops, offsets = [], [], [], []
+        for token, info in entries:
+            text = self.token_text(token)
+            tokens.append(text)
+            offsets.append(offset)
+            offset += len(text)
+            if info is None:
+                lps.append(None)
+                tops.append(None)
+            else:
+                lps.append(info[0])
+                tops.append({self.token_text(t): lp for t, lp in info[1]})
+        return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
-async def _next_event(req: GenRequest) -> tuple:
-    left = req.deadline + 5.0 - time.perf_counter()  # a safety net: the engine times requests out first
+    def chat_logprobs(self, entries: list[tuple[int, tuple]]) -> dict:
+        def item(token: int, lp: float) -> dict:
+            text = self.token_text(token)
+            return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+
+        content = [
+            {**item(token, info[0]), "top_logprobs": [item(t, lp) for t, lp in info[1]]} for token, info in entries
+        ]
+        return {"content": content, "refusal": None}
+
+
+async def _next_event(queue: asyncio.Queue, deadline: float) -> tuple:
+    left = deadline + 5.0 - time.perf_counter()  # a safety net: the engine times requests out first
     try:
-        return await asyncio.wait_for(req.events.get(), timeout=max(left, 0.01))
+        return await asyncio.wait_for(queue.get(), timeout=max(left, 0.01))
     except asyncio.TimeoutError:
         raise EngineError(408, "the request timed out") from None
 
@@ -207,6 +312,10 @@ async def _wait_disconnect(request: Request) -> None:
 
 def _sse(obj) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def _error_type(status: int) -> str:
+    return "timeout_error" if status == 408 else "server_error"
 
 
 def _error_response(status: int, message: str, type: str, param=None, code=None, headers=None) -> JSONResponse:
@@ -234,17 +343,20 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
 
     @app.exception_handler(EngineError)
     async def engine_error(_, exc: EngineError):
-        kind = "timeout_error" if exc.status == 408 else "server_error"
-        return _error_response(exc.status, str(exc), kind, code=exc.status)
+        return _error_response(exc.status, str(exc), _error_type(exc.status), code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_, exc: StarletteHTTPException):
-        return _error_response(exc.status_code, str(exc.detail), "invalid_request_error", code=exc.status_code)
+        return _error_response(
+            exc.status_code, str(exc.detail), "invalid_request_error", code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_, exc: RequestValidationError):
         metrics.rejected.labels("invalid").inc()
-        return _error_response(400, str(exc.errors()[:1]), "invalid_request_error")
+        err = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in err.get("loc", ())[1:])
+        return _error_response(400, f"{loc}: {err.get('msg', 'invalid request')}", "invalid_request_error", loc or None)
 
     @app.exception_handler(Exception)
     async def internal(_, exc: Exception):
@@ -258,10 +370,16 @@ def create_app(
     cfg: ServeConfig,
     *,
     model_name: str,
+    accepted_names: Iterable[str] = (),
+    reasoning_marker: str | None = None,
+    batch_invariant: bool = True,
     on_load_failure: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """The server for one model. `load` runs in the engine thread and returns the Generator."""
-    svc = Service(load, tokenizer, cfg, model_name, on_load_failure)
+    """The server for one model. `load` runs in the engine thread and returns the Generator.
+    `accepted_names`: other names a request's "model" may use; `reasoning_marker`: what the model
+    was trained to see after the chat prompt (serving/artifact.py); `batch_invariant=False`: run
+    every sequence alone (the model's numerics mix the rows of a batch)."""
+    svc = Service(load, tokenizer, cfg, model_name, accepted_names, reasoning_marker, batch_invariant, on_load_failure)
     api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     if cfg.api_key_env and not api_key:
         raise ValueError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set or empty")
@@ -272,26 +390,31 @@ def create_app(
         yield
         await asyncio.to_thread(svc.engine.stop, True, cfg.graceful_shutdown_s)  # drain, then exit
 
-    app = FastAPI(title="slm-toolkit server", lifespan=lifespan)
+    app = FastAPI(title="slm-toolkit server", version="1", lifespan=lifespan)
     app.state.service = svc
     _install_error_handlers(app, svc.metrics)
     _add_routes(app, svc)
+    document(app)
     app.add_middleware(
         Guard,
         api_key=api_key,
         max_body_bytes=cfg.max_body_bytes,
+        body_timeout_s=cfg.body_timeout_s,
         on_reject=lambda reason: svc.metrics.rejected.labels(reason).inc(),
     )
     return app
 
 
+_ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 401, 404, 408, 413, 429, 500, 503)}
+
+
 def _add_routes(app: FastAPI, svc: Service) -> None:
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"], responses={200: {"model": S.Status}, 503: {"model": S.Status}})
     async def health():
         ok = svc.engine.alive() and svc.engine.load_error is None
         return JSONResponse({"status": "ok" if ok else "dead"}, status_code=200 if ok else 503)
 
-    @app.get("/ready")
+    @app.get("/ready", responses={200: {"model": S.Status}, 503: {"model": S.Status}})
     async def ready():
         eng = svc.engine
         state = (
@@ -303,90 +426,138 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         )
         return JSONResponse({"status": state}, status_code=200 if state == "ready" else 503)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"}},
+    )
     async def metrics():
         data, content_type = svc.metrics.render()
         return Response(data, media_type=content_type)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={200: {"model": S.ModelList}, 401: _ERRORS[401]})
     async def models():
-        card = {
-            "id": svc.model_name,
-            "object": "model",
-            "created": int(time.time()),
-            "owned_by": "slm-toolkit",
-            "max_model_len": svc.max_model_len(),
-        }
-        return {"object": "list", "data": [card]}
+        return JSONResponse({"object": "list", "data": [svc.model_card()]})
 
-    @app.post("/v1/completions")
+    @app.get(
+        "/v1/models/{model_id:path}", responses={200: {"model": S.ModelCard}, 401: _ERRORS[401], 404: _ERRORS[404]}
+    )
+    async def model(model_id: str):
+        svc.check_model(model_id)
+        return JSONResponse(svc.model_card())
+
+    @app.post("/v1/completions", responses={200: {"model": S.CompletionResponse}, **_ERRORS})
     async def completions(request: Request):
         body = S.parse_request(S.CompletionRequest, await request.body())
         svc.check_model(body.model)
-        return await _generate(svc, request, body, svc.encode_prompt(body.prompt), chat=False)
+        prompts = body.prompts()
+        ids = [await svc.encode_prompt(p) for p in prompts]
+        return await _generate(svc, request, body, ids, chat=False, texts=prompts)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses={200: {"model": S.ChatCompletionResponse}, **_ERRORS})
     async def chat_completions(request: Request):
         body = S.parse_request(S.ChatCompletionRequest, await request.body())
         svc.check_model(body.model)
-        return await _generate(svc, request, body, svc.encode_chat(body.messages), chat=True)
+        return await _generate(svc, request, body, [await svc.encode_chat(body.messages)], chat=True)
 
-    @app.post("/v1/score")
+    @app.post("/v1/score", responses={200: {"model": S.ScoreResponse}, **_ERRORS})
     async def score(request: Request):
         body = S.parse_request(S.ScoreRequest, await request.body())
         svc.check_model(body.model)
         return await _score(svc, body)
 
 
-async def _generate(svc: Service, request: Request, body: S.SamplingFields, ids: list[int], chat: bool):
-    req = svc.submit(body, ids)
-    # non-streaming without stop strings: decode once at the end, not after every token
-    asm = TextAssembler(svc.decode, body.stop_list(), body.min_tokens, lazy=not body.stream)
+async def _generate(svc: Service, request: Request, body, prompts: list[list[int]], chat: bool, texts=None):
+    echo = (not chat) and body.echo
+    top = body.top_logprobs_count()
+    generate = body.token_limit() != 0
+    reqs = svc.requests_for(body, prompts) if generate else []
+    echo_jobs = []
+    if echo and top is not None:  # the prompt's own log-probabilities, token by token
+        echo_jobs = [svc.job(lambda gen, ids=ids: prompt_logprobs(gen, ids, top), ids, len(ids)) for ids in prompts]
+    svc.engine.submit_all(echo_jobs + reqs)
+    stops, lazy = body.stop_list(), not body.stream
+    asms = [TextAssembler(svc.decode, stops, body.min_tokens, lazy=lazy) for _ in range(len(prompts) * body.n)]
     rid = S.new_id("chatcmpl" if chat else "cmpl")
+    prefix = [""] * len(prompts)
+    if echo:
+        prefix = [t if isinstance(t, str) else svc.decode(list(t)) for t in texts]
     if body.stream:
-        stream = _stream_chat(svc, req, asm, rid, body) if chat else _stream_completion(svc, req, asm, rid, body)
+        stream = (
+            _stream_chat(svc, reqs, asms, rid, body)
+            if chat
+            else _stream_completion(svc, reqs, asms, rid, body, prompts, prefix, echo_jobs)
+        )
         return StreamingResponse(
             stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
-    text, finish = await svc.collect(request, req, asm)
-    use = S.usage(len(ids), len(asm.ids))
+    echoed = [await svc.wait_job(j) for j in echo_jobs]
+    outs = await svc.collect(request, reqs, asms) if reqs else [["", "length", []] for _ in asms]
+    use = S.usage(sum(map(len, prompts)), sum(len(a.ids) for a in asms))
     if chat:
-        return S.chat_body(rid, svc.model_name, text, finish, use)
-    return S.completion_body(rid, svc.model_name, text, finish, use)
+        choices = [
+            S.chat_choice(i, text, finish, svc.chat_logprobs(infos) if top is not None else None)
+            for i, (text, finish, infos) in enumerate(outs)
+        ]
+        return JSONResponse(S.chat_body(rid, svc.model_name, choices, use))
+    choices = []
+    for i, (text, finish, infos) in enumerate(outs):
+        p = i // body.n
+        logprobs = None
+        if top is not None:
+            head = list(zip(prompts[p], echoed[p])) if echo else []
+            logprobs = svc.completion_logprobs(head + infos, 0)
+        choices.append(S.completion_choice(i, prefix[p] + text, finish, logprobs))
+    return JSONResponse(S.completion_body(rid, svc.model_name, choices, use))
 
 
-async def _stream_completion(svc: Service, req: GenRequest, asm: TextAssembler, rid: str, body):
-    inc = body.include_usage()
+async def _stream_completion(svc: Service, reqs, asms, rid: str, body, prompts, prefix, echo_jobs):
+    inc, top, model = body.include_usage(), body.top_logprobs_count(), svc.model_name
+    offsets = [0] * len(asms)
     try:
-        async for delta, finish in svc.events(req, asm):
-            yield _sse(S.completion_chunk(rid, svc.model_name, delta, finish, None, inc))
+        if any(prefix):  # echo: the prompt first, as its own chunk per choice
+            echoed = [await svc.wait_job(j) for j in echo_jobs]
+            for i in range(len(asms)):
+                p = i // body.n
+                lp = svc.completion_logprobs(list(zip(prompts[p], echoed[p])), 0) if echoed else None
+                offsets[i] = len(prefix[p])
+                finish = None if reqs else "length"
+                yield _sse(S.completion_chunk(rid, model, S.completion_choice(i, prefix[p], finish, lp), None, inc))
+        if reqs:
+            async for i, delta, finish, infos in svc.events(reqs, asms):
+                lp = svc.completion_logprobs(infos, offsets[i]) if top is not None else None
+                offsets[i] += len(delta)
+                yield _sse(S.completion_chunk(rid, model, S.completion_choice(i, delta, finish, lp), None, inc))
     except EngineError as exc:
-        yield _sse(S.error_body(str(exc), "server_error", code=exc.status))
+        yield _sse(S.error_body(str(exc), _error_type(exc.status), code=exc.status))
     if inc:
-        yield _sse(
-            S.completion_chunk(rid, svc.model_name, None, None, S.usage(len(req.prompt_ids), len(asm.ids)), True)
-        )
+        use = S.usage(sum(map(len, prompts)), sum(len(a.ids) for a in asms))
+        yield _sse(S.completion_chunk(rid, model, None, use, True))
     yield _sse("[DONE]")
 
 
-async def _stream_chat(svc: Service, req: GenRequest, asm: TextAssembler, rid: str, body):
-    inc = body.include_usage()
-    yield _sse(S.chat_chunk(rid, svc.model_name, {"role": "assistant", "content": ""}, None, None, inc))
+async def _stream_chat(svc: Service, reqs, asms, rid: str, body):
+    inc, top, model = body.include_usage(), body.top_logprobs_count(), svc.model_name
+    for i in range(len(asms)):
+        yield _sse(S.chat_chunk(rid, model, i, {"role": "assistant", "content": ""}, None, None, None, inc))
     try:
-        async for delta, finish in svc.events(req, asm):
-            if delta:
-                yield _sse(S.chat_chunk(rid, svc.model_name, {"content": delta}, None, None, inc))
+        async for i, delta, finish, infos in svc.events(reqs, asms):
+            lp = svc.chat_logprobs(infos) if top is not None and infos else None
+            if delta or lp:
+                yield _sse(S.chat_chunk(rid, model, i, {"content": delta}, None, lp, None, inc))
             if finish:
-                yield _sse(S.chat_chunk(rid, svc.model_name, {}, finish, None, inc))
+                yield _sse(S.chat_chunk(rid, model, i, {}, finish, None, None, inc))
     except EngineError as exc:
-        yield _sse(S.error_body(str(exc), "server_error", code=exc.status))
+        yield _sse(S.error_body(str(exc), _error_type(exc.status), code=exc.status))
     if inc:
-        yield _sse(S.chat_chunk(rid, svc.model_name, None, None, S.usage(len(req.prompt_ids), len(asm.ids)), True))
+        use = S.usage(len(reqs[0].prompt_ids), sum(len(a.ids) for a in asms))
+        yield _sse(S.chat_chunk(rid, model, None, None, None, None, use, True))
     yield _sse("[DONE]")
 
 
 async def _score(svc: Service, body: S.ScoreRequest):
-    prompt = svc.encode_prompt(body.prompt)
+    prompt = await svc.encode_prompt(body.prompt)
+    svc.check_chars(sum(map(len, body.candidates)), "candidates")
     cands = [list(svc.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in body.candidates]
     limit = svc.max_model_len()
     longest = len(prompt) + max(len(c) for c in cands)
@@ -398,23 +569,20 @@ async def _score(svc: Service, body: S.ScoreRequest):
         )
     if any(not c for c in cands):
         raise S.RequestError("candidates: a candidate tokenizes to no tokens", param="candidates")
-    loop = asyncio.get_running_loop()
-    now = time.perf_counter()
-    job = ScoreJob(prompt, cands, loop, loop.create_future(), now, now + svc.cfg.request_timeout)
+    loop, now = asyncio.get_running_loop(), time.perf_counter()
+    job = score_job(prompt, cands, loop, loop.create_future(), now, now + svc.cfg.request_timeout)
     svc.engine.submit(job)
-    try:
-        logprobs = await asyncio.wait_for(asyncio.shield(job.future), svc.cfg.request_timeout + 5.0)
-    except asyncio.TimeoutError:
-        svc.engine.cancel(job)
-        raise EngineError(408, "the request timed out") from None
+    logprobs = await svc.wait_job(job)
     data = [
         {"index": i, "object": "score", "candidate": c, "logprob": lp, "num_tokens": len(ids)}
         for i, (c, lp, ids) in enumerate(zip(body.candidates, logprobs, cands))
     ]
-    return {
-        "id": S.new_id("score"),
-        "object": "list",
-        "model": svc.model_name,
-        "data": data,
-        "usage": {"prompt_tokens": len(prompt), "total_tokens": len(prompt) + sum(map(len, cands))},
-    }
+    return JSONResponse(
+        {
+            "id": S.new_id("score"),
+            "object": "list",
+            "model": svc.model_name,
+            "data": data,
+            "usage": {"prompt_tokens": len(prompt), "total_tokens": len(prompt) + sum(map(len, cands))},
+        }
+    )

@@ -4,11 +4,20 @@ Continuous (iteration-level) batching as in Orca/vLLM, written by hand over our 
 `Generator` protocol (vLLM's scheduler is tied to its own model runner): every step
 admits waiting requests up to the batch size and a prompt-token budget, prefills them,
 decodes one token for every running sequence, merges the new states into the running
-batch and drops finished or cancelled sequences. Tokens reach each request through its
-own asyncio queue (`loop.call_soon_threadsafe`). `scheduler="naive"` serves one request
-at a time with plain `generate`, for honest comparison in benchmarks.
+batch and drops finished, cancelled or timed-out sequences. Tokens reach each request through
+its own asyncio queue (`loop.call_soon_threadsafe`, once per step for all of them).
 
-Events put on a request's queue: ("token", id), ("finish", reason), ("error", status, message).
+`scheduler="naive"` is the same loop with a batch of one: one request at a time, from prefill
+to its last token (for honest comparison in benchmarks; timeouts and cancellation still apply
+at every token).
+
+`batch_invariant=False` (models whose numerics mix the rows of a batch, e.g. ONNX dynamic int8,
+which quantizes activations with one scale over the whole batch tensor) keeps every sequence in
+a group of its own: each is prefilled and decoded alone, so its greedy output is exactly its
+one-at-a-time output, and requests still interleave token by token.
+
+Sampling is `runtime.decoding.Sampler`, the sampler `generate` uses: a request with a seed gives
+the same text on both schedulers and through `Generator.generate`.
 """
 
 from __future__ import annotations
@@ -18,25 +27,46 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
-from slm_toolkit.runtime.base import GenerationConfig, Generator
+from slm_toolkit.runtime.base import Generator
+from slm_toolkit.runtime.decoding import next_tokens, token_logprobs
 from slm_toolkit.serving.metrics import ServerMetrics
-from slm_toolkit.serving.sequences import (  # noqa: F401
+from slm_toolkit.serving.sequences import (
     EngineError,
     EngineUnavailable,
     GenRequest,
+    Job,
     QueueFull,
     SamplingParams,
-    ScoreJob,
     deliver,
     resolve_job,
-    sample_token,
+    score_job,
 )
 
+__all__ = [
+    "Engine",
+    "EngineError",
+    "EngineUnavailable",
+    "GenRequest",
+    "Job",
+    "QueueFull",
+    "SamplingParams",
+    "score_job",
+]
+
 log = logging.getLogger("slm_toolkit.serving")
+
+
+@dataclass(eq=False)
+class _Group:
+    """Sequences decoded together: row i of `state` is `reqs[i]`."""
+
+    reqs: list[GenRequest]
+    state: Any
 
 
 class Engine:
@@ -49,23 +79,27 @@ class Engine:
         max_queue: int = 64,
         token_budget: int = 4096,
         scheduler: str = "continuous",
+        batch_invariant: bool = True,
         warmup_ids: Sequence[int] | None = None,
         on_load_failure: Callable[[], None] | None = None,
     ):
         if scheduler not in ("continuous", "naive"):
             raise ValueError(f"scheduler must be 'continuous' or 'naive', not {scheduler!r}")
         self._load, self.metrics = load, metrics
-        self.max_batch_size, self.max_queue, self.token_budget = max_batch_size, max_queue, token_budget
-        self.scheduler, self._warmup_ids, self._on_load_failure = scheduler, warmup_ids, on_load_failure
+        self.max_batch_size = 1 if scheduler == "naive" else max_batch_size
+        self.max_queue, self.token_budget = max_queue, token_budget
+        self.scheduler, self.batch_invariant = scheduler, batch_invariant
+        self._warmup_ids, self._on_load_failure = warmup_ids, on_load_failure
         self.generator: Generator | None = None
         self.ready = threading.Event()
         self.load_error: BaseException | None = None
         self._cv = threading.Condition()
-        self._waiting: deque[GenRequest | ScoreJob] = deque()
-        self._batch: list[GenRequest] = []
-        self._state: Any = None
-        self._admitting: list[GenRequest] = []  # admitted this step, not yet in the batch
-        self._outbox: dict[Any, list] = {}  # event loop -> [(queue, event)], flushed once per batch of tokens
+        self._waiting: deque[GenRequest | Job] = deque()
+        self._groups: list[_Group] = []
+        self._running = 0  # sequences in the groups (read by submit without the lock: a hint)
+        self._admitting: list[GenRequest] = []  # admitted this step, not yet in a group
+        self._outbox: dict[Any, list] = {}  # event loop -> [(queue, event)], flushed once per step
+        self._eos: tuple[int, ...] = ()
         self._stopping = False
         self._thread = threading.Thread(target=self._main, name="slm-engine", daemon=True)
 
@@ -80,7 +114,11 @@ class Engine:
     def stopping(self) -> bool:
         return self._stopping
 
-    def submit(self, req: GenRequest | ScoreJob) -> None:
+    def submit(self, req: GenRequest | Job) -> None:
+        self.submit_all([req])
+
+    def submit_all(self, reqs: Sequence[GenRequest | Job]) -> None:
+        """Queue the sequences of one request (n > 1 or a list of prompts: several): all or none."""
         with self._cv:
             if self._stopping:
                 raise EngineUnavailable("the server is shutting down")
@@ -90,14 +128,13 @@ class Engine:
                     if self.load_error is None
                     else f"the model failed to load: {self.load_error}"
                 )
-            free_slots = max(0, self.max_batch_size - len(self._batch))  # admitted at the next step
-            if len(self._waiting) >= self.max_queue + free_slots:
+            free_slots = max(0, self.max_batch_size - self._running)  # admitted at the next step
+            if len(self._waiting) + len(reqs) > self.max_queue + free_slots:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
-            self._waiting.append(req)
-            self.metrics.waiting.set(len(self._waiting))
+            self._waiting.extend(reqs)
             self._cv.notify()
 
-    def cancel(self, req: GenRequest | ScoreJob, reason: str = "cancelled") -> None:
+    def cancel(self, req: GenRequest | Job, reason: str = "cancelled") -> None:
         if req.cancel_reason is None:
             req.cancel_reason = reason
         with self._cv:
@@ -108,7 +145,7 @@ class Engine:
         with self._cv:
             self._stopping = True
             if not drain:
-                for item in list(self._waiting) + self._batch:
+                for item in list(self._waiting) + [r for g in self._groups for r in g.reqs]:
                     item.cancel_reason = item.cancel_reason or "cancelled"
             self._cv.notify()
         if self._thread.is_alive():
@@ -118,6 +155,7 @@ class Engine:
     def _main(self) -> None:
         try:
             self.generator = self._load()
+            self._eos = tuple(self.generator.eos_token_ids)
             self._warmup()
         except BaseException as exc:  # noqa: BLE001 - reported through /health, /ready and the CLI
             log.exception("loading the model failed")
@@ -126,20 +164,24 @@ class Engine:
                 self._on_load_failure()
             return
         self.ready.set()
-        log.info("model loaded and warmed up (%s scheduler)", self.scheduler)
+        log.info(
+            "model loaded and warmed up (%s scheduler%s)",
+            self.scheduler,
+            "" if self.batch_invariant else ", one sequence per model call: this model is not batch-invariant",
+        )
         while True:
             with self._cv:
-                while not (self._waiting or self._batch or self._stopping):
+                while not (self._waiting or self._groups or self._stopping):
                     self._cv.wait()
-                if self._stopping and not self._waiting and not self._batch:
+                if self._stopping and not self._waiting and not self._groups:
                     break
             try:
-                self._step_naive() if self.scheduler == "naive" else self._step()
+                self._step()
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the server
                 log.exception("engine step failed")
-                for req in self._batch + self._admitting:
+                for req in [r for g in self._groups for r in g.reqs] + self._admitting:
                     self._fail(req, 500, f"internal error in the engine: {exc}")
-                self._batch, self._state, self._admitting = [], None, []
+                self._groups, self._admitting = [], []
             self._flush()
             self._gauges()
 
@@ -158,26 +200,29 @@ class Engine:
     def _warmup(self) -> None:
         gen = self.generator
         ids = list(self._warmup_ids or [gen.pad_token_id or 0])
-        if self.scheduler == "naive":
-            gen.generate([ids], GenerationConfig(max_new_tokens=2))
-            return
-        logits, state = gen.prefill([ids, ids + ids])
-        _, state = gen.decode_step(torch.as_tensor(logits).argmax(-1).tolist(), state)
-        _, other = gen.prefill([ids])
-        gen.select(gen.merge([state, other]), [0, 2])
+        if self.batch_invariant:
+            logits, state = gen.prefill([ids, ids + ids])
+            _, state = gen.decode_step(np.asarray(logits).argmax(-1).tolist(), state)
+            _, other = gen.prefill([ids])
+            gen.select(gen.merge([state, other]), [0, 2])
+        else:
+            logits, state = gen.prefill([ids])
+            gen.decode_step(np.asarray(logits).argmax(-1).tolist(), state)
         gen.score(ids, [ids])
 
     def _gauges(self) -> None:
-        self.metrics.running.set(len(self._batch))
+        self._running = sum(len(g.reqs) for g in self._groups)
+        self.metrics.running.set(self._running)
         with self._cv:
             self.metrics.waiting.set(len(self._waiting))
 
-    def _expired(self, item: GenRequest | ScoreJob, now: float) -> bool:
+    @staticmethod
+    def _expired(item: GenRequest | Job, now: float) -> bool:
         return item.deadline is not None and now > item.deadline
 
-    def _retire(self, item: GenRequest | ScoreJob, now: float) -> bool:
+    def _retire(self, item: GenRequest | Job, now: float) -> bool:
         """Finish a cancelled or timed-out item; True when it was."""
-        if isinstance(item, ScoreJob):
+        if isinstance(item, Job):
             if item.cancel_reason or self._expired(item, now):
                 error = (
                     EngineError(499, "cancelled") if item.cancel_reason else EngineError(408, "the request timed out")
@@ -192,10 +237,10 @@ class Engine:
             self._fail(item, 408, "the request timed out", reason="timeout")
         return item.done
 
-    def _admit(self) -> tuple[list[ScoreJob], list[GenRequest]]:
+    def _admit(self) -> tuple[list[Job], list[GenRequest]]:
         """Take waiting requests up to the free batch slots and the prompt-token budget (FIFO)."""
         jobs, new, budget = [], [], self.token_budget
-        free = self.max_batch_size - len(self._batch)
+        free = self.max_batch_size - sum(len(g.reqs) for g in self._groups)
         now = time.perf_counter()
         with self._cv:
             while self._waiting:
@@ -203,7 +248,7 @@ class Engine:
                 if self._retire(item, now):
                     self._waiting.popleft()
                     continue
-                cost = item.n_tokens if isinstance(item, ScoreJob) else len(item.prompt_ids)
+                cost = item.n_tokens if isinstance(item, Job) else len(item.prompt_ids)
                 if (jobs or new) and cost > budget:
                     break
                 if isinstance(item, GenRequest):
@@ -224,24 +269,34 @@ class Engine:
         jobs, new = self._admit()
         self._admitting = new
         for job in jobs:
-            self._score(job)
+            self._run_job(job)
         now = time.perf_counter()
-        for req in self._batch:
-            self._retire(req, now)
+        for group in self._groups:
+            for req in group.reqs:
+                self._retire(req, now)
         self._drop_done()
-        if self._batch:
-            logits = self._decode()
-            self._sample(self._batch, logits)
+        if self._groups:
+            for group in list(self._groups):
+                logits = self._decode(group)
+                if logits is not None:
+                    self._sample(group.reqs, logits)
             self._flush()  # running requests get their token before the new prompts prefill
         if new:
-            logits, state, new = self._prefill(new)
-            if new:
-                self._sample(new, logits)
-                self._state = self.generator.merge([self._state, state]) if self._batch else state
-                self._batch = self._batch + new
+            for req in new:
+                req.sampler = req.params.sampler()
+            for reqs in [new] if self.batch_invariant else [[r] for r in new]:
+                logits, state, ok = self._prefill(reqs)
+                if ok:
+                    self._sample(ok, logits)
+                    if self.batch_invariant and self._groups:
+                        group = self._groups[0]
+                        group.state = self.generator.merge([group.state, state])
+                        group.reqs = group.reqs + ok
+                    else:
+                        self._groups.append(_Group(ok, state))
         self._admitting = []
-        if self._batch:
-            self.metrics.batch_size.observe(len(self._batch))
+        if self._groups:
+            self.metrics.batch_size.observe(sum(len(g.reqs) for g in self._groups))
         self._drop_done()
 
     def _prefill(self, new: list[GenRequest]) -> tuple[Any, Any, list[GenRequest]]:
@@ -263,61 +318,60 @@ class Engine:
                 log.exception("prefill failed")
                 self._fail(req, 500, f"the model failed on this request: {exc}")
                 continue
-            rows.append(torch.as_tensor(logits))
+            rows.append(np.asarray(logits))
             states.append(state)
             ok.append(req)
         if not ok:
             return None, None, []
-        return torch.cat(rows), (states[0] if len(states) == 1 else gen.merge(states)), ok
+        return np.concatenate(rows), (states[0] if len(states) == 1 else gen.merge(states)), ok
 
-    def _decode(self) -> Any:
-        """One decode step for the running batch; on failure, sequence by sequence (errors fail alone)."""
+    def _decode(self, group: _Group) -> Any:
+        """One decode step for a group; on failure, sequence by sequence (errors fail alone)."""
         gen = self.generator
         try:
-            logits, self._state = gen.decode_step([r.last_token for r in self._batch], self._state)
+            logits, group.state = gen.decode_step([r.last_token for r in group.reqs], group.state)
             return logits
         except Exception:  # noqa: BLE001
             log.exception("decode step failed; retrying sequence by sequence")
         rows, states, ok = [], [], []
-        for i, req in enumerate(self._batch):
+        for i, req in enumerate(group.reqs):
             try:
-                logits, state = gen.decode_step([req.last_token], gen.select(self._state, [i]))
+                one = gen.select(group.state, [i]) if len(group.reqs) > 1 else group.state
+                logits, state = gen.decode_step([req.last_token], one)
             except Exception as exc:  # noqa: BLE001
                 self._fail(req, 500, f"the model failed on this request: {exc}")
                 continue
-            rows.append(torch.as_tensor(logits))
+            rows.append(np.asarray(logits))
             states.append(state)
             ok.append(req)
-        self._batch = ok
-        self._state = None if not ok else states[0] if len(ok) == 1 else gen.merge(states)
-        return torch.cat(rows) if rows else None
+        group.reqs = ok
+        group.state = None if not ok else states[0] if len(ok) == 1 else gen.merge(states)
+        return np.concatenate(rows) if rows else None
 
     def _sample(self, reqs: list[GenRequest], logits: Any) -> None:
-        logits = torch.as_tensor(logits)
-        greedy = logits.argmax(-1).tolist()  # one call for every greedy row
-        eos = list(self.generator.eos_token_ids)
+        logits = np.asarray(logits)
+        eos = self._eos
+        banned = [eos if (eos and not r.params.ignore_eos and r.generated < r.params.min_tokens) else () for r in reqs]
+        try:
+            tokens = next_tokens(logits, [r.sampler for r in reqs], banned)
+        except Exception:  # noqa: BLE001 - find the row that fails, fail it alone
+            tokens = []
+            for i, req in enumerate(reqs):
+                try:
+                    tokens.append(next_tokens(logits[i : i + 1], [req.sampler], [banned[i]])[0])
+                except Exception as exc:  # noqa: BLE001
+                    self._fail(req, 500, f"sampling failed: {exc}")
+                    tokens.append(None)
         now = time.perf_counter()
-        for i, req in enumerate(reqs):
-            p = req.params
-            try:
-                mask_eos = bool(eos) and req.generated < p.min_tokens
-                if p.temperature == 0.0 and not mask_eos:
-                    token = greedy[i]
-                else:
-                    row = logits[i].float().clone()
-                    if mask_eos:
-                        row[eos] = float("-inf")
-                    if p.temperature > 0.0 and req.rng is None:
-                        req.rng = torch.Generator(device=row.device)
-                        req.rng.manual_seed(p.seed) if p.seed is not None else req.rng.seed()
-                    token = sample_token(row, p.temperature, p.top_p, req.rng)
-            except Exception as exc:  # noqa: BLE001
-                self._fail(req, 500, f"sampling failed: {exc}")
+        for i, (req, token) in enumerate(zip(reqs, tokens)):
+            if token is None:
                 continue
-            self._accept(req, token, now)
+            top = req.params.logprobs
+            info = token_logprobs(logits[i], token, top) if top is not None else None
+            self._accept(req, token, info, now)
 
-    def _accept(self, req: GenRequest, token: int, now: float) -> None:
-        if token in self.generator.eos_token_ids and not req.params.ignore_eos:
+    def _accept(self, req: GenRequest, token: int, info: Any, now: float) -> None:
+        if token in self._eos and not req.params.ignore_eos:
             self._finish(req, "stop", now)
             return
         req.generated += 1
@@ -328,7 +382,7 @@ class Engine:
             self.metrics.itl.observe(now - req.last_time)
         req.last_time = now
         self.metrics.generation_tokens.inc()
-        self._emit(req, ("token", token))
+        self._emit(req, ("token", req.index, token, info))
         if req.generated >= req.params.max_tokens:
             self._finish(req, "length", now)
 
@@ -338,65 +392,35 @@ class Engine:
         req.done = True
         self.metrics.e2e.observe(now - req.arrival)
         self.metrics.finished.labels(reason).inc()
-        self._emit(req, ("finish", reason))
+        self._emit(req, ("finish", req.index, reason))
 
     def _fail(self, req: GenRequest, status: int, message: str, reason: str = "error") -> None:
         if req.done:
             return
         req.done = True
         self.metrics.finished.labels(reason).inc()
-        self._emit(req, ("error", status, message))
+        self._emit(req, ("error", req.index, status, message))
 
     def _drop_done(self) -> None:
-        keep = [i for i, r in enumerate(self._batch) if not r.done]
-        if len(keep) == len(self._batch):
-            return
-        self._state = self.generator.select(self._state, keep) if keep else None
-        self._batch = [self._batch[i] for i in keep]
+        groups = []
+        for group in self._groups:
+            keep = [i for i, r in enumerate(group.reqs) if not r.done]
+            if not keep:
+                continue
+            if len(keep) < len(group.reqs):
+                group.state = self.generator.select(group.state, keep)
+                group.reqs = [group.reqs[i] for i in keep]
+            groups.append(group)
+        self._groups = groups
+        self._running = sum(len(g.reqs) for g in groups)
 
-    def _score(self, job: ScoreJob) -> None:
+    def _run_job(self, job: Job) -> None:
         try:
-            result = self.generator.score(job.prompt_ids, job.candidates)
+            result = job.run(self.generator)
         except Exception as exc:  # noqa: BLE001
-            log.exception("score failed")
-            resolve_job(job, exc=EngineError(500, f"scoring failed: {exc}"))
+            log.exception("job failed")
+            resolve_job(job, exc=EngineError(500, f"the model failed on this request: {exc}"))
             self.metrics.finished.labels("error").inc()
             return
         self.metrics.finished.labels("score").inc()
-        resolve_job(job, [float(x) for x in result])
-
-    def _step_naive(self) -> None:
-        """One request at a time with plain generate (no batching), for comparison."""
-        now = time.perf_counter()
-        with self._cv:
-            item = self._waiting.popleft() if self._waiting else None
-        if item is None or self._retire(item, now):
-            return
-        self.metrics.queue_time.observe(now - item.arrival)
-        self.metrics.prompt_tokens.inc(len(item.prompt_ids))
-        if isinstance(item, ScoreJob):
-            self._score(item)
-            return
-        self.metrics.running.set(1)
-        self.metrics.batch_size.observe(1)
-        p = item.params
-        cfg = GenerationConfig(
-            max_new_tokens=p.max_tokens,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            seed=p.seed,
-            min_new_tokens=p.min_tokens,
-            ignore_eos=p.ignore_eos,
-        )
-        try:
-            tokens = self.generator.generate([item.prompt_ids], cfg)[0]
-        except Exception as exc:  # noqa: BLE001
-            log.exception("generate failed")
-            self._fail(item, 500, f"the model failed on this request: {exc}")
-            return
-        now = time.perf_counter()
-        for token in tokens:
-            if item.done:
-                break
-            self._accept(item, int(token), now)
-        self._finish(item, "stop", now)
+        resolve_job(job, result)

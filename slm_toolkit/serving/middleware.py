@@ -1,12 +1,15 @@
-"""ASGI middleware in front of the app: bearer API key and request body size limit.
+"""ASGI middleware in front of the app: bearer API key, request body size limit and body
+read timeout (a client that trickles its body is answered 408, not waited on forever).
 
 Written as plain ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import time
 from collections.abc import Callable
 
 from slm_toolkit.serving.schemas import error_body
@@ -28,10 +31,16 @@ async def _send_error(send, status: int, message: str, type: str, code: str, hea
 
 class Guard:
     def __init__(
-        self, app, *, api_key: str | None, max_body_bytes: int, on_reject: Callable[[str], None] = lambda reason: None
+        self,
+        app,
+        *,
+        api_key: str | None,
+        max_body_bytes: int,
+        body_timeout_s: float = 30.0,
+        on_reject: Callable[[str], None] = lambda reason: None,
     ):
         self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
-        self.on_reject = on_reject
+        self.body_timeout, self.on_reject = body_timeout_s, on_reject
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -53,8 +62,20 @@ class Guard:
         if declared.isdigit() and int(declared) > self.max_body:
             return await self._too_large(send)
         body, more = bytearray(), True
+        deadline = time.monotonic() + self.body_timeout
         while more:  # read the whole body first (JSON requests are small), refusing past the limit
-            message = await receive()
+            try:
+                message = await _receive_by(receive, deadline)
+            except TimeoutError:
+                self.on_reject("body_timeout")
+                return await _send_error(
+                    send,
+                    408,
+                    f"the request body did not arrive within {self.body_timeout:g} s",
+                    "invalid_request_error",
+                    "body_timeout",
+                    [(b"connection", b"close")],
+                )
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
@@ -82,3 +103,16 @@ class Guard:
         await _send_error(
             send, 413, f"request body is larger than {self.max_body} bytes", "invalid_request_error", "body_too_large"
         )
+
+
+async def _receive_by(receive, deadline: float) -> dict:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    if hasattr(asyncio, "timeout"):  # 3.11+: a timer handle, no extra task
+        async with asyncio.timeout(left):
+            return await receive()
+    try:
+        return await asyncio.wait_for(receive(), left)
+    except asyncio.TimeoutError:
+        raise TimeoutError from None

@@ -1,12 +1,16 @@
-"""What travels between the event loop and the engine thread: requests, jobs, errors, sampling."""
+"""What travels between the event loop and the engine thread: requests, jobs, errors.
+
+Sampling itself is `runtime.decoding.Sampler`, the one sampler every path uses.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+from slm_toolkit.runtime.decoding import Sampler
 
 
 class QueueFull(Exception):
@@ -28,13 +32,22 @@ class SamplingParams:
     max_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
-    seed: int | None = None
+    seed: int | tuple[int, ...] | None = None
     min_tokens: int = 0
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # None: no logprobs; k: the chosen token's and the k most likely
+
+    def sampler(self) -> Sampler:
+        return Sampler(self.temperature, self.top_p, self.seed, self.presence_penalty, self.frequency_penalty)
 
 
 @dataclass(eq=False)
 class GenRequest:
+    """One sequence to generate. Events on `events`: ("token", index, id, logprobs or None),
+    ("finish", index, reason), ("error", index, status, message)."""
+
     prompt_ids: list[int]
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
@@ -46,35 +59,36 @@ class GenRequest:
     last_token: int = 0
     last_time: float = 0.0
     done: bool = False
-    rng: torch.Generator | None = None
+    sampler: Sampler | None = None  # made in the engine thread at admission
+    index: int = 0  # the choice this sequence answers (n > 1 and prompt lists share one queue)
 
 
 @dataclass(eq=False)
-class ScoreJob:
-    prompt_ids: list[int]
-    candidates: list[list[int]]
+class Job:
+    """Work on the model that is not a generation (scoring, prompt log-probabilities): `run`
+    gets the Generator in the engine thread; its result (or error) resolves `future`."""
+
+    run: Callable[[Any], Any]
+    n_tokens: int  # prompt-token budget it uses
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     arrival: float
     deadline: float | None
     cancel_reason: str | None = None
-    n_tokens: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.n_tokens = len(self.prompt_ids) + sum(len(c) for c in self.candidates)
+    prompt_ids: list[int] = field(default_factory=list)  # for the prompt-token counter
 
 
-def sample_token(row: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None) -> int:
-    """Greedy when temperature is 0, else temperature + nucleus (top-p) sampling on one logits row."""
-    if temperature == 0.0:
-        return int(row.argmax())
-    probs = torch.softmax(row.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        drop = (sorted_p.cumsum(-1) - sorted_p) > top_p  # keep the smallest set reaching top_p
-        sorted_p[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    return int(torch.multinomial(probs, 1, generator=rng))
+def score_job(prompt_ids: list[int], candidates: list[list[int]], loop, future, arrival, deadline) -> Job:
+    """Sum of log-probabilities of each candidate after the prompt (Generator.score)."""
+    return Job(
+        lambda gen: [float(x) for x in gen.score(prompt_ids, candidates)],
+        len(prompt_ids) + sum(len(c) for c in candidates),
+        loop,
+        future,
+        arrival,
+        deadline,
+        prompt_ids=list(prompt_ids),
+    )
 
 
 def deliver(events: list[tuple[asyncio.Queue, tuple]]) -> None:
@@ -92,8 +106,8 @@ def resolve(fut: asyncio.Future, result: Any = None, exc: BaseException | None =
         fut.set_result(result)
 
 
-def resolve_job(job: ScoreJob, result: Any = None, exc: BaseException | None = None) -> None:
-    """Complete a score job's future from the engine thread (futures belong to their loop)."""
+def resolve_job(job: Job, result: Any = None, exc: BaseException | None = None) -> None:
+    """Complete a job's future from the engine thread (futures belong to their loop)."""
     try:
         job.loop.call_soon_threadsafe(resolve, job.future, result, exc)
     except RuntimeError:  # the event loop is closed

@@ -10,9 +10,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
-from slm_toolkit.serving.engine import Engine, EngineUnavailable, GenRequest, QueueFull, SamplingParams, sample_token
+from slm_toolkit.runtime.base import GenerationConfig
+from slm_toolkit.runtime.decoding import Sampler, generate
+from slm_toolkit.serving.engine import Engine, EngineUnavailable, GenRequest, QueueFull, SamplingParams, score_job
 from slm_toolkit.serving.metrics import ServerMetrics
 
 V, EOS = 16, 1
@@ -55,19 +56,7 @@ class FakeGenerator:
         return [state[i] for i in keep]
 
     def generate(self, input_ids, config):
-        out = []
-        for ids in input_ids:
-            h, new = list(ids), []
-            for _ in range(config.max_new_tokens):
-                t = next_token(h)
-                if t == EOS and len(new) < config.min_new_tokens:
-                    t = (t + 1) % V
-                elif t == EOS and not config.ignore_eos:
-                    break
-                new.append(t)
-                h.append(t)
-            out.append(new)
-        return out
+        return generate(self, input_ids, config)
 
     def score(self, prompt_ids, candidates):
         return [-float(len(c)) for c in candidates]
@@ -77,10 +66,10 @@ def expected(prompt, max_tokens, min_tokens=0, ignore_eos=False):
     h, new = list(prompt), []
     while len(new) < max_tokens:
         t = next_token(h)
-        if t == EOS and len(new) < min_tokens:
-            t = (t + 1) % V
-        elif t == EOS and not ignore_eos:
-            return new, "stop"
+        if t == EOS and not ignore_eos:  # with ignore_eos, EOS is an ordinary token
+            if len(new) >= min_tokens:
+                return new, "stop"
+            t = (t + 1) % V  # masked before min_tokens: the runner-up
         new.append(t)
         h.append(t)
     return new, "length"
@@ -102,11 +91,11 @@ async def run_one(eng: Engine, prompt, params: SamplingParams, timeout: float | 
     while True:
         ev = await asyncio.wait_for(req.events.get(), 10)
         if ev[0] == "token":
-            tokens.append(ev[1])
+            tokens.append(ev[2])
         elif ev[0] == "finish":
-            return tokens, ev[1]
+            return tokens, ev[2]
         else:
-            return tokens, ("error", ev[1])
+            return tokens, ("error", ev[2])
 
 
 PROMPTS = [[2 + i % 5] * (1 + i % 7) for i in range(24)]
@@ -116,6 +105,7 @@ PROMPTS = [[2 + i % 5] * (1 + i % 7) for i in range(24)]
 def test_outputs_equal_one_at_a_time(scheduler):
     gen = FakeGenerator()
     eng = make_engine(gen, max_batch_size=5, scheduler=scheduler)
+    gen.batches.clear()  # the warm-up's
 
     async def main():
         params = [SamplingParams(max_tokens=3 + i % 11, ignore_eos=i % 3 == 0, min_tokens=i % 4) for i in range(24)]
@@ -127,8 +117,65 @@ def test_outputs_equal_one_at_a_time(scheduler):
     eng.stop()
     assert [tuple(g) for g in got] == [tuple(w) for w in want]
     assert {r for _, r in want} == {"stop", "length"}  # both endings exercised
-    if scheduler == "continuous":
-        assert max(gen.batches) == 5  # batched, never above the limit
+    assert max(gen.batches) == (5 if scheduler == "continuous" else 1)  # batched, never above the limit
+
+
+def test_unbatched_engine_decodes_every_sequence_alone():
+    """batch_invariant=False (e.g. ONNX dynamic int8): every model call sees one sequence, and
+    requests still interleave token by token."""
+    gen = FakeGenerator()
+    prefills = []
+    real = gen.prefill
+    gen.prefill = lambda rows: (prefills.append(len(rows)), real(rows))[1]
+    eng = make_engine(gen, max_batch_size=5, batch_invariant=False)
+
+    async def main():
+        params = [SamplingParams(max_tokens=3 + i % 11, ignore_eos=True) for i in range(12)]
+        got = await asyncio.gather(*(run_one(eng, p, sp) for p, sp in zip(PROMPTS, params)))
+        return got, [expected(p, sp.max_tokens, ignore_eos=True) for p, sp in zip(PROMPTS, params)]
+
+    got, want = asyncio.run(main())
+    eng.stop()
+    assert [tuple(g) for g in got] == [tuple(w) for w in want]
+    assert set(gen.batches) == {1} and set(prefills) == {1}
+    observed = {x.name: x.value for m in eng.metrics.registry.collect() if m.name == "batch_size" for x in m.samples}
+    assert observed["batch_size_sum"] > observed["batch_size_count"]  # several ran at once
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_one_sampler_same_seed_same_tokens_on_every_path(seed):
+    """A sampled request (temperature 1, top_p 0.95, penalties) gives the same tokens through
+    runtime generate, the naive scheduler and the continuous one among other requests."""
+    gen = FakeGenerator()
+    kw = dict(temperature=1.0, top_p=0.95, seed=seed, presence_penalty=0.3, frequency_penalty=0.1)
+    cfg = GenerationConfig(max_new_tokens=12, ignore_eos=True, **kw)
+    want = generate(gen, [PROMPTS[3]], cfg)[0]
+    assert want != expected(PROMPTS[3], 12, ignore_eos=True)[0]  # it really sampled
+    outs = []
+    for scheduler in ("naive", "continuous"):
+        eng = make_engine(FakeGenerator(), max_batch_size=4, scheduler=scheduler)
+
+        async def main(eng=eng):
+            others = [SamplingParams(max_tokens=9, temperature=0.8, seed=i) for i in range(5)]
+            mine = SamplingParams(max_tokens=12, ignore_eos=True, **kw)
+            return await asyncio.gather(
+                *(run_one(eng, p, sp) for p, sp in zip(PROMPTS[5:], others)), run_one(eng, PROMPTS[3], mine)
+            )
+
+        outs.append(asyncio.run(main())[-1])
+        eng.stop()
+    assert outs == [(want, "length")] * 2
+
+
+def test_naive_scheduler_times_out_while_generating():
+    gen = FakeGenerator()
+    slow = gen.decode_step
+    gen.decode_step = lambda ids, st: (time.sleep(0.01), slow(ids, st))[1]
+    eng = make_engine(gen, scheduler="naive")
+    t0 = time.perf_counter()
+    tokens, reason = asyncio.run(run_one(eng, [2], SamplingParams(max_tokens=500, ignore_eos=True), timeout=0.1))
+    eng.stop()
+    assert reason == ("error", 408) and 0 < len(tokens) < 500 and time.perf_counter() - t0 < 2.0
 
 
 def test_continuous_engine_stops_on_every_eos_id():
@@ -262,7 +309,7 @@ def test_an_engine_bug_fails_the_step_and_the_engine_keeps_serving():
 
     ev, second, third = asyncio.run(main())
     eng.stop()
-    assert ev[:2] == ("error", 500) and second[1] == ("error", 500)
+    assert (ev[0], ev[2]) == ("error", 500) and second[1] == ("error", 500)
     assert third == expected([4], 3, ignore_eos=True)
 
 
@@ -305,32 +352,32 @@ def test_stop_drains_accepted_requests():
             eng.submit(reqs[0])
         return [[r.events.get_nowait() for _ in range(r.events.qsize())][-1] for r in reqs]
 
-    assert asyncio.run(main()) == [("finish", "length")] * 5
+    assert asyncio.run(main()) == [("finish", 0, "length")] * 5
     assert not eng.alive()
 
 
-def test_sample_token_top_p_and_seed():
-    row = torch.tensor([0.0, 3.0, 2.9, -5.0])
-    assert sample_token(row, 0.0, 1.0, None) == 1
-    draws = {sample_token(row, 1.0, 0.5, torch.Generator().manual_seed(s)) for s in range(50)}
-    assert draws == {1}  # token 1 alone holds more than half the mass
-    draws = {sample_token(row, 1.0, 0.9, torch.Generator().manual_seed(s)) for s in range(50)}
-    assert draws == {1, 2}
-    a = [sample_token(row, 1.5, 1.0, torch.Generator().manual_seed(3)) for _ in range(3)]
-    assert len(set(a)) == 1
+def test_sampler_top_p_seed_and_penalties():
+    row = np.array([0.0, 3.0, 2.9, -5.0], dtype=np.float32)
+    assert Sampler(0.0).pick(row) == 1
+    assert {Sampler(1.0, 0.5, seed=s).pick(row) for s in range(50)} == {1}  # token 1 alone holds > half the mass
+    assert {Sampler(1.0, 0.9, seed=s).pick(row) for s in range(50)} == {1, 2}
+    assert len({Sampler(1.5, 1.0, seed=3).pick(row) for _ in range(3)}) == 1
+    assert Sampler(0.0).pick(row, banned=[1]) == 2
+    pen = Sampler(0.0, presence_penalty=0.2)  # greedy with a penalty: 1, then 2 (3.0 - 0.2 < 2.9)
+    assert [pen.pick(row) for _ in range(3)] == [1, 2, 1]
+    freq = Sampler(0.0, frequency_penalty=0.06)
+    assert [freq.pick(row) for _ in range(4)] == [1, 1, 2, 1]
 
 
 def test_score_jobs_run_on_the_engine_thread():
-    from slm_toolkit.serving.sequences import ScoreJob
-
     gen = FakeGenerator()
     eng = make_engine(gen)
 
     async def main():
         loop = asyncio.get_running_loop()
-        job = ScoreJob([2, 3], [[4], [5, 6]], loop, loop.create_future(), time.perf_counter(), None)
+        job = score_job([2, 3], [[4], [5, 6]], loop, loop.create_future(), time.perf_counter(), None)
         eng.submit(job)
-        late = ScoreJob([2], [[4]], loop, loop.create_future(), 0.0, 0.0)  # deadline already passed
+        late = score_job([2], [[4]], loop, loop.create_future(), 0.0, 0.0)  # deadline already passed
         eng.submit(late)
         return await asyncio.wait_for(job.future, 5), await asyncio.gather(late.future, return_exceptions=True)
 
