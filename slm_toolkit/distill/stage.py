@@ -70,11 +70,13 @@ class Setup:
     acc: Accountant
 
 
-def run(cfg: DistillConfig, inp: StageInput) -> StageOutput:
+def run(cfg: DistillConfig, inp: StageInput, *, after_step=None) -> StageOutput:
+    """The stage. `after_step(steps_done, model)`: an optional hook after every optimizer step
+    (benchmarks use it for learning curves; the pipeline does not)."""
     t_start = time.perf_counter()
     s = setup(cfg, inp)
     cache = teacher_cache(cfg, s, inp.device)
-    history, timings = train_student(cfg, inp, s, cache)
+    history, timings = train_student(cfg, inp, s, cache, after_step)
     metrics = save(cfg, inp, s, history)
     timings["total_s"] = time.perf_counter() - t_start
     return StageOutput(
@@ -154,8 +156,9 @@ def teacher_cache(cfg: DistillConfig, s: Setup, device: str) -> TeacherCache | N
 
 # -- train ---------------------------------------------------------------------------------------
 def train_student(
-    cfg: DistillConfig, inp: StageInput, s: Setup, cache: TeacherCache | None
+    cfg: DistillConfig, inp: StageInput, s: Setup, cache: TeacherCache | None, after_step=None
 ) -> tuple[list[float], dict[str, float]]:
+    """The planned steps through the trainer; `after_step(steps_done, model)` as in `trainer.train`."""
     tr = cfg.train
     steps = plan_steps(
         s.examples,
@@ -194,6 +197,7 @@ def train_student(
         cache=cache,
         teacher=s.teacher,
         on_policy=sampler,
+        after_step=after_step,
     )
     timings = {"train_s": time.perf_counter() - t_train, "train_cpu_s": time.process_time() - c_train}
     return result["history"], timings

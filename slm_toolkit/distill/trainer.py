@@ -239,8 +239,11 @@ def train(
     cache=None,
     teacher=None,
     on_policy: Callable[[Step], Step] | None = None,
+    after_step: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> dict:
-    """Run the steps (resuming from a checkpoint in workdir when one exists); returns the history."""
+    """Run the steps (resuming from a checkpoint in workdir when one exists); returns the history.
+    `after_step(steps_done, model)`, when given, is called after every optimizer step (e.g. to
+    evaluate a learning curve); it must leave the model as it found it."""
     rank, n_proc = world()
     module = wrap(model, s.loss, fsdp, device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -272,6 +275,9 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         done = step.index + 1
+        if after_step is not None:
+            after_step(done, model)
+            model.train()
         if done % s.checkpoint_every == 0 and done < s.total_steps:
             save_checkpoint(
                 workdir / "checkpoints" / "last",
