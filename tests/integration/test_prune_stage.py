@@ -74,7 +74,7 @@ def test_width_and_depth_prune_writes_a_plain_hf_folder(hf_model, data, tmp_path
         importance="taylor",
         calibration={"samples": 6, "batch_size": 3},
         round_to=8,
-        measure={"limit": 5, "generate": 3, "max_new_tokens": 8},
+        measure={"limit": 5, "generate": 1, "max_new_tokens": 8},
     )
     inp = _input(hf_model, data, tmp_path)
     out = run(cfg, inp)
@@ -93,7 +93,7 @@ def test_width_and_depth_prune_writes_a_plain_hf_folder(hf_model, data, tmp_path
     assert m["reload_max_abs_logit_diff"] <= 1e-4 and m["onnx_token_agreement"] == 1.0
     assert 0.0 <= m["accuracy"] <= 1.0 and m["input_latency_ms_median"] > 0 and m["speedup"] > 0
     assert m["layers_removed"] == 1 and m["kv_heads_removed"] == 1
-    assert m["n_eval"] == 3 and m["ppl_cot"] > 0 and m["input_ppl_cot"] > 0  # bounded by `measure`
+    assert m["n_eval"] == 1 and m["ppl_cot"] > 0 and m["input_ppl_cot"] > 0  # bounded by `measure`
     meta = read_meta(out.artifact)
     assert meta["stage"] == "prune" and meta["kind"] == "hf" and meta["parent"] == str(hf_model)
     assert "### prune" in out.extra["report_md"]
