@@ -8,7 +8,7 @@
         latency_repeats: 5       # timed batch-1 generations (after one warm-up)
         latency_new_tokens: null # tokens per timed generation; null = max_new_tokens
         reference: null          # null = the recipe's `model`; or a path to a reference artifact
-        backend: auto            # auto | torch | onnxruntime
+        backend: auto            # auto | torch | onnxruntime | tensorrt (runtime/backends.py)
         model: null              # evaluate this model instead of the stage's input (a path or
                                  # builtin:arith-student); the input passes through unchanged
 
@@ -20,11 +20,10 @@ imports this module.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from slm_toolkit.core.types import PositiveInt
+from slm_toolkit.runtime.backends import BackendChoice
 
 
 class EvaluateConfig(BaseModel):
@@ -39,7 +38,7 @@ class EvaluateConfig(BaseModel):
     latency_repeats: PositiveInt = 5
     latency_new_tokens: PositiveInt | None = None
     reference: str | None = None
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    backend: BackendChoice = "auto"
     model: str | None = None
 
     @field_validator("model")
