@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from slm_toolkit.core.types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from slm_toolkit.runtime.backends import BackendChoice
 
 MAX_DEFAULT_THREADS = 8
 
@@ -16,7 +17,7 @@ MAX_DEFAULT_THREADS = 8
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    backend: BackendChoice = "auto"  # runtime/backends.py
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: PositiveInt | None = None  # None: default_threads()
     host: str = "127.0.0.1"
