@@ -18,6 +18,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from slm_toolkit.core.errors import RecipeError, StageFailed
+from slm_toolkit.core.paths import cache_dir
+from slm_toolkit.core.runlog import quiet_run
 from slm_toolkit.runtime.backends import BACKEND_CHOICES
 
 app = typer.Typer(
@@ -131,7 +133,8 @@ def eval_cmd(
 
         raise _fail(validation_lines(exc, {"backend": backend})[0].replace("backend", "--backend", 1), 2) from None
     try:
-        metrics = _evaluate(cfg, artifact, reference or artifact, data, n_eval, seed, device)
+        with quiet_run(cache_dir() / "logs" / "eval.log"):  # third-party warnings: to the log, not the table
+            metrics = _evaluate(cfg, artifact, reference or artifact, data, n_eval, seed, device)
     except RecipeError as exc:
         raise _recipe_error(exc) from None
     except Exception as exc:

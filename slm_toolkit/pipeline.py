@@ -39,6 +39,8 @@ from slm_toolkit.core.artifacts import (
     write_text_atomic,
 )
 from slm_toolkit.core.errors import RecipeError, StageFailed
+from slm_toolkit.core.paths import cache_dir
+from slm_toolkit.core.runlog import RUN_LOG, quiet_run, reroute
 from slm_toolkit.recipe import Recipe, StageEntry, dump_resolved
 from slm_toolkit.run_folder import (
     ERROR_LOG,
@@ -169,9 +171,10 @@ def run(
     device = resolve_device(recipe.device)
     set_threads(recipe.threads)
     run_dir = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
-    model = _resolve_model(recipe, console)  # before writing anything: a missing model leaves no folder
+    with quiet_run(cache_dir() / "logs" / "resolve.log"):  # a GGUF conversion's library chatter
+        model = _resolve_model(recipe, console)  # before writing anything: a missing model leaves no folder
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
+    with run_lock(run_dir), quiet_run(run_dir / RUN_LOG):  # third-party warnings and logs: run.log
         if restart:
             clear_stage_folders(run_dir)
         write_text_atomic(run_dir / "recipe.resolved.yaml", dump_resolved(recipe))
@@ -284,6 +287,7 @@ def _run_one(
     from slm_toolkit.stage import StageInput
 
     data = state.data()  # loaded once, before the first stage that runs
+    reroute()  # console handlers of libraries imported by earlier stages go to run.log too
     final = state.run_dir / record["folder"]
     workdir, resumed = prepare_workdir(final, record["key"])
     note = " (resuming)" if resumed else ""

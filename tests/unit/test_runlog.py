@@ -1,0 +1,52 @@
+"""Quiet runs: third-party warnings and loggers go to the run's log file, ours still reach the console."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+from slm_toolkit.core import runlog
+from slm_toolkit.core.runlog import quiet_run, reroute
+
+
+def test_third_party_output_goes_to_the_log_file(tmp_path, capfd):
+    lib = logging.getLogger("fakelib")  # a library that prints through its own console handler
+    own_handler = logging.StreamHandler(sys.stderr)
+    lib.addHandler(own_handler)
+    lib.propagate = False
+    log = tmp_path / "run.log"
+    try:
+        with quiet_run(log):
+            lib.warning("Failed to load _C_mxfp8.so")
+            logging.warning("Please consider to run pre-processing before quantization")  # the root logger
+            warnings.warn_explicit("TracerWarning: converting a tensor to a Python boolean", UserWarning, "x.py", 3)
+            logging.getLogger("slm_toolkit.data.loaders").warning("only 10 examples")
+            warnings.warn_explicit("the file has 5 examples", UserWarning, runlog.__file__, 1)
+            late = logging.getLogger("latelib")  # imported mid-run with a console handler of its own
+            late.addHandler(logging.StreamHandler(sys.stderr))
+            late.propagate = False
+            reroute()
+            late.warning("late chatter")
+        err = capfd.readouterr().err
+        text = log.read_text()
+        for line in ("Failed to load", "pre-processing", "TracerWarning", "only 10 examples", "late chatter"):
+            assert line in text
+        assert "Failed to load" not in err and "TracerWarning" not in err and "late chatter" not in err
+        assert "pre-processing" not in err
+        assert "only 10 examples" in err and "the file has 5 examples" in err  # ours stay visible
+        # everything is put back afterwards
+        assert own_handler in lib.handlers and lib.propagate is False
+        lib.warning("after the run")
+        assert "after the run" in capfd.readouterr().err and "after the run" not in log.read_text()
+    finally:
+        lib.removeHandler(own_handler)
+        lib.propagate = True
+        logging.getLogger("latelib").handlers.clear()
+
+
+def test_nested_blocks_keep_the_outer_file(tmp_path):
+    with quiet_run(tmp_path / "outer.log"):
+        with quiet_run(tmp_path / "inner.log"):
+            logging.getLogger("otherlib").warning("inside")
+    assert "inside" in (tmp_path / "outer.log").read_text() and not (tmp_path / "inner.log").exists()
