@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -44,6 +45,8 @@ def test_config_choices_come_from_the_table():
 
     for cls in (EvaluateConfig, ServeConfig, BenchConfig):
         assert get_args(cls.model_fields["backend"].annotation) == BACKEND_CHOICES, cls
+        source = Path(sys.modules[cls.__module__].__file__).read_text(encoding="utf-8")
+        assert "backend: BackendChoice" in source, f"{cls.__name__} spells the backend list again"
 
 
 def test_loader_calls_the_rows_factory_with_threads(tmp_path, monkeypatch):
@@ -61,8 +64,6 @@ def test_loader_calls_the_rows_factory_with_threads(tmp_path, monkeypatch):
 
 
 def test_no_thread_setting_through_the_environment():
-    from pathlib import Path
-
     root = Path(loader.__file__).resolve().parents[1]
     assert not [p for p in root.rglob("*.py") if "SLM_THREADS" in p.read_text(encoding="utf-8")]
 
@@ -95,8 +96,6 @@ def test_special_tokens_from_objects_and_overrides():
 
 
 def test_every_backend_uses_the_one_set_up():
-    from pathlib import Path
-
     runtime = Path(loader.__file__).parent
     for name in ("torch.py", "onnxruntime.py", "ort_fused.py", "tensorrt.py"):
         text = (runtime / name).read_text(encoding="utf-8")
