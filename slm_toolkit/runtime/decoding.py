@@ -56,7 +56,7 @@ class Sampler:
     @property
     def plain_greedy(self) -> bool:
         """Argmax of the raw logits (one argmax over the batch serves every such row)."""
-        return self.temperature <= 0.0 and not (self._counts and (self.presence or self.frequency))
+        return self.temperature <= 0.0 and not (self.presence or self.frequency)
 
     def pick(self, row: np.ndarray, banned: Sequence[int] = ()) -> int:
         """The next token from one logits row [V]; it counts toward later penalties."""

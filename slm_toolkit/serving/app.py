@@ -409,10 +409,13 @@ _ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 401, 404, 408, 413
 
 
 def _add_routes(app: FastAPI, svc: Service) -> None:
-    @app.api_route("/health", methods=["GET", "HEAD"], responses={200: {"model": S.Status}, 503: {"model": S.Status}})
     async def health():
         ok = svc.engine.alive() and svc.engine.load_error is None
         return JSONResponse({"status": "ok" if ok else "dead"}, status_code=200 if ok else 503)
+
+    probe = {200: {"model": S.Status}, 503: {"model": S.Status}}
+    app.add_api_route("/health", health, methods=["GET"], responses=probe, operation_id="health")
+    app.add_api_route("/health", health, methods=["HEAD"], responses=probe, operation_id="health_head")
 
     @app.get("/ready", responses={200: {"model": S.Status}, 503: {"model": S.Status}})
     async def ready():

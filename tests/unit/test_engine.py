@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from slm_toolkit.runtime.base import GenerationConfig
-from slm_toolkit.runtime.decoding import Sampler, generate
+from slm_toolkit.runtime.decoding import Sampler, generate, next_tokens
 from slm_toolkit.serving.engine import Engine, EngineUnavailable, GenRequest, QueueFull, SamplingParams, score_job
 from slm_toolkit.serving.metrics import ServerMetrics
 
@@ -365,6 +365,8 @@ def test_sampler_top_p_seed_and_penalties():
     assert Sampler(0.0).pick(row, banned=[1]) == 2
     pen = Sampler(0.0, presence_penalty=0.2)  # greedy with a penalty: 1, then 2 (3.0 - 0.2 < 2.9)
     assert [pen.pick(row) for _ in range(3)] == [1, 2, 1]
+    batched = Sampler(0.0, presence_penalty=0.2)  # the batch path counts the tokens too
+    assert [next_tokens(row[None], [batched])[0] for _ in range(3)] == [1, 2, 1]
     freq = Sampler(0.0, frequency_penalty=0.06)
     assert [freq.pick(row) for _ in range(4)] == [1, 1, 2, 1]
 
