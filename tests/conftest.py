@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -18,6 +19,19 @@ def _private_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "slm_cache"
     monkeypatch.setenv("SLM_CACHE", str(cache))
     yield
+
+
+@pytest.fixture(scope="session")
+def gsm8k_full() -> Path:
+    """The full GSM8K folder (train.jsonl, test.jsonl) named by $SLM_GSM8K; the test skips without it.
+    Tests that need only GSM8K's format use tests/fixtures/gsm8k (invented problems)."""
+    folder = os.environ.get("SLM_GSM8K")
+    if not folder:
+        pytest.skip("set SLM_GSM8K to a folder with GSM8K's train.jsonl and test.jsonl to run this check")
+    path = Path(folder).expanduser()
+    if not (path / "train.jsonl").is_file() or not (path / "test.jsonl").is_file():
+        pytest.skip(f"SLM_GSM8K={folder} has no train.jsonl and test.jsonl")
+    return path
 
 
 def pytest_configure(config):

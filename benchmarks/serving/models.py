@@ -16,6 +16,7 @@ template so that every server (ours, `transformers serve`) sees identical prompt
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -67,10 +68,9 @@ def llama134m(work: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from slm_toolkit.data.loaders import shared_data_dir
     from slm_toolkit.demo.tokenizer import train_bpe_tokenizer
 
-    lines = (shared_data_dir() / "gsm8k" / "train.jsonl").read_text().splitlines()
+    lines = gsm8k_train_file().read_text().splitlines()
     texts = [r["question"] + "\n" + r["answer"] for r in map(json.loads, lines)]
     tok = train_bpe_tokenizer(texts, LLAMA_134M["vocab_size"])
     cfg = LlamaConfig(
@@ -78,6 +78,16 @@ def llama134m(work: Path) -> Path:
     )
     torch.manual_seed(0)
     return _finish(folder, LlamaForCausalLM(cfg), tok)
+
+
+def gsm8k_train_file() -> Path:
+    """GSM8K's train.jsonl in the folder named by --gsm8k / $SLM_GSM8K (the tokenizer's corpus)."""
+    folder = os.environ.get("SLM_GSM8K")
+    if not folder or not (Path(folder) / "train.jsonl").is_file():
+        raise SystemExit(
+            f"llama134m trains its tokenizer on GSM8K: pass --gsm8k FOLDER or set SLM_GSM8K (got {folder!r})"
+        )
+    return Path(folder) / "train.jsonl"
 
 
 def student(work: Path) -> Path:

@@ -267,7 +267,10 @@ def main() -> None:
     ap.add_argument("--server-cpus", default="1")
     ap.add_argument("--client-cpus", default="0")
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--gsm8k", help="folder with GSM8K's train.jsonl (llama134m's tokenizer; default: $SLM_GSM8K)")
     a = ap.parse_args()
+    if a.gsm8k:
+        os.environ["SLM_GSM8K"] = a.gsm8k
     os.sched_setaffinity(0, {int(c) for c in a.client_cpus.split(",")})
     a.raw = a.out / "raw"
     a.raw.mkdir(parents=True, exist_ok=True)

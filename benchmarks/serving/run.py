@@ -75,7 +75,10 @@ def parse_args():
     ap.add_argument("--budget-min", type=float, default=1e9, help="skip configurations started after this")
     ap.add_argument("--smoke", action="store_true", help="tiny settings into _work/smoke")
     ap.add_argument("--note", default="", help="free text recorded in results.json (e.g. what was reduced)")
+    ap.add_argument("--gsm8k", help="folder with GSM8K's train.jsonl (llama134m's tokenizer; default: $SLM_GSM8K)")
     a = ap.parse_args()
+    if a.gsm8k:
+        os.environ["SLM_GSM8K"] = a.gsm8k
     if a.smoke:
         a.models, a.concurrency, a.requests, a.output_len = "student", "1,4", "1:2,4:4", 8
         a.static_repeats, a.idle_seconds, a.out = 1, 2.0, HERE / "_work" / "smoke"

@@ -4,18 +4,23 @@
   excluded), the way vLLM's random dataset does; sent as token ids to /v1/completions, or
   decoded to text for the chat API. The output is forced to `output_len` tokens
   (min_tokens + ignore_eos). Without a tokenizer (a bare --url): `input_len` random words.
-- gsm8k: questions from the shared GSM8K test split; outputs up to `output_len`, the model
-  may stop earlier (real output variance).
+- gsm8k: questions of GSM8K's test split, read from $SLM_GSM8K/test.jsonl (a folder with
+  GSM8K's JSONL files); outputs up to `output_len`, the model may stop earlier (real output
+  variance).
 - FILE.jsonl: one object per line with "prompt" (or "question"/"text") and optionally
   "output_len" (else `output_len`, not forced).
 """
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 from slm_toolkit.bench.client import Prompt
+from slm_toolkit.data.loaders import read_jsonl_records
+
+GSM8K_ENV = "SLM_GSM8K"
 
 _WORDS = (
     "time year people way day man thing woman life child world school state family student "
@@ -31,16 +36,25 @@ def load_prompts(
     if dataset == "random":
         return random_prompts(n, input_len, output_len, seed, tokenizer, as_text)
     if dataset == "gsm8k":
-        from slm_toolkit.data.loaders import shared_data_dir
-
-        path = shared_data_dir() / "gsm8k" / "test.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(f"GSM8K questions not found at {path} (set SLM_SHARED_DATA)")
-        return _cycle(_read_jsonl(path, output_len), n, seed)
+        return _cycle(_read_jsonl(gsm8k_test_file(), output_len), n, seed)
     path = Path(dataset)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     return _cycle(_read_jsonl(path, output_len), n, seed)
+
+
+def gsm8k_test_file() -> Path:
+    """$SLM_GSM8K/test.jsonl; a one-line error when the variable is unset or the file missing."""
+    folder = os.environ.get(GSM8K_ENV)
+    if not folder:
+        raise FileNotFoundError(
+            f"--dataset gsm8k reads ${GSM8K_ENV}/test.jsonl: set {GSM8K_ENV} to a folder with GSM8K's test.jsonl "
+            "(or pass --dataset path/to/questions.jsonl)"
+        )
+    path = Path(folder).expanduser() / "test.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"GSM8K questions not found: {path} ({GSM8K_ENV}={folder})")
+    return path
 
 
 def random_prompts(
@@ -62,8 +76,6 @@ def random_prompts(
 
 
 def _read_jsonl(path: Path, output_len: int) -> list[Prompt]:
-    from slm_toolkit.data.loaders import read_jsonl_records
-
     prompts = []
     for lineno, rec in read_jsonl_records(path):
         text = next((rec[k] for k in ("prompt", "question", "text") if isinstance(rec.get(k), str)), None)

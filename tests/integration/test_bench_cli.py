@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from slm_toolkit.cli import app
 
 runner = CliRunner()
+GSM8K = Path(__file__).resolve().parents[1] / "fixtures" / "gsm8k"  # invented problems in GSM8K's format
 VLLM_KEYS = [f"{s}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for s in ("mean", "median", "p99")] + [
     "request_throughput",
     "output_throughput",
@@ -84,8 +85,9 @@ def test_artifact_sweep(artifact, tmp_path):
     assert "Shutting down" in (out / "server.log").read_text()  # the server was stopped
 
 
-def test_open_loop_gsm8k_and_compare(server, tmp_path):
+def test_open_loop_gsm8k_and_compare(server, tmp_path, monkeypatch):
     url, _ = server
+    monkeypatch.setenv("SLM_GSM8K", str(GSM8K))
     a, b = tmp_path / "a", tmp_path / "b"
     code, text = _bench(
         "--url",
@@ -187,6 +189,20 @@ def test_failed_requests_are_counted(server, tmp_path):
 def test_usage_errors(args, message):
     code, text = _bench(*args)
     assert code == 2 and message in text, text
+
+
+def test_gsm8k_dataset_reads_its_folder_from_the_environment(monkeypatch, tmp_path):
+    from slm_toolkit.bench.datasets import load_prompts
+
+    monkeypatch.delenv("SLM_GSM8K", raising=False)
+    with pytest.raises(FileNotFoundError, match="set SLM_GSM8K to a folder"):
+        load_prompts("gsm8k", 3, 8, 4, 0)
+    monkeypatch.setenv("SLM_GSM8K", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="GSM8K questions not found"):
+        load_prompts("gsm8k", 3, 8, 4, 0)
+    monkeypatch.setenv("SLM_GSM8K", str(GSM8K))
+    prompts = load_prompts("gsm8k", 40, 8, 4, 0)
+    assert len(prompts) == 40 and len({p.prompt for p in prompts}) == 30  # cycled over the 30 questions
 
 
 def test_compare_rejects_other_json(tmp_path):
