@@ -13,14 +13,24 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from slm_toolkit.core.errors import RecipeError, StageFailed
+from slm_toolkit import pipeline
+from slm_toolkit.core.artifacts import read_meta
+from slm_toolkit.core.errors import ModelNotAvailable, RecipeError, StageFailed, validation_lines
 from slm_toolkit.core.paths import cache_dir
 from slm_toolkit.core.runlog import quiet_run
+from slm_toolkit.data.loaders import load_data
+from slm_toolkit.evaluate.config import EvaluateConfig
+from slm_toolkit.evaluate.stage import run as evaluate_run
+from slm_toolkit.models.resolve import resolve_artifact
+from slm_toolkit.recipe import load_recipe
+from slm_toolkit.report import build_report
 from slm_toolkit.runtime.backends import BACKEND_CHOICES
+from slm_toolkit.stage import StageInput
 
 app = typer.Typer(
     name="slm",
@@ -56,8 +66,6 @@ def _recipe_error(exc: RecipeError) -> typer.Exit:
 
 
 def _load(recipe: Path, overrides: list[str] | None):
-    from slm_toolkit.recipe import load_recipe
-
     try:
         return load_recipe(recipe, overrides or [])
     except RecipeError as exc:
@@ -73,8 +81,6 @@ def run(
 ) -> None:
     """Run a recipe's stages in order, resuming where an earlier run stopped."""
     r = _load(recipe, overrides)
-    from slm_toolkit import pipeline
-
     try:
         pipeline.run(r, run_dir=run_dir, restart=restart, console=out)
     except RecipeError as exc:
@@ -93,21 +99,24 @@ def run(
 @app.command()
 def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
     """Check a recipe (and overrides) without running anything; print its stages."""
-    from slm_toolkit.pipeline import config_hash
-
     r = _load(recipe, overrides)
     table = Table(title=f"recipe {r.name}: model {r.model}, data {r.data.source}, seed {r.seed}")
     for col in ("#", "folder", "input", "output", "config hash"):
         table.add_column(col)
     for i, s in enumerate(r.stages, 1):
-        table.add_row(str(i), f"{i:02d}-{s.name}", s.input_kind, s.output_kind, config_hash(s))
+        table.add_row(str(i), f"{i:02d}-{s.name}", s.input_kind, s.output_kind, pipeline.config_hash(s))
     out.print(table)
     out.print(f"[green]ok[/] {escape(str(recipe))}: {len(r.stages)} stage(s) valid", soft_wrap=True)
 
 
 @app.command(name="eval")
 def eval_cmd(
-    artifact: Annotated[Path, typer.Argument(help="artifact folder (HF or ONNX)", show_default=False)],
+    artifact: Annotated[
+        Path,
+        typer.Argument(
+            help="artifact folder (HF or ONNX), or a model spec (a .gguf file, smollm2)", show_default=False
+        ),
+    ],
     data: Annotated[
         str, typer.Option("--data", help="builtin:arith-cot, a .jsonl file or a folder")
     ] = "builtin:arith-cot",
@@ -120,21 +129,18 @@ def eval_cmd(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Evaluate one artifact (accuracy, perplexity per segment, size, latency) and print the metrics."""
-    from pydantic import ValidationError
-
-    from slm_toolkit.evaluate.config import EvaluateConfig
-
-    if not artifact.is_dir():
-        raise _fail(f"{artifact}: artifact folder not found", 2)
     try:
         cfg = EvaluateConfig(backend=backend)
     except ValidationError as exc:
-        from slm_toolkit.core.errors import validation_lines
-
         raise _fail(validation_lines(exc, {"backend": backend})[0].replace("backend", "--backend", 1), 2) from None
     try:
+        artifact = resolve_artifact(artifact)
+        reference = resolve_artifact(reference) if reference is not None else artifact
+    except ModelNotAvailable as exc:
+        raise _fail(str(exc), 2) from None
+    try:
         with quiet_run(cache_dir() / "logs" / "eval.log"):  # third-party warnings: to the log, not the table
-            metrics = _evaluate(cfg, artifact, reference or artifact, data, n_eval, seed, device)
+            metrics = _evaluate(cfg, artifact, reference, data, n_eval, seed, device)
     except RecipeError as exc:
         raise _recipe_error(exc) from None
     except Exception as exc:
@@ -150,15 +156,9 @@ def eval_cmd(
 
 
 def _evaluate(cfg, artifact: Path, reference: Path, data: str, n_eval: int, seed: int, device: str) -> dict:
-    from slm_toolkit.core.artifacts import read_meta
-    from slm_toolkit.data.loaders import load_data
-    from slm_toolkit.evaluate.stage import run as evaluate_run
-    from slm_toolkit.pipeline import resolve_device, seed_everything
-    from slm_toolkit.stage import StageInput
-
     task = read_meta(artifact).get("task") or {}  # the demo task the artifact was made for, if known
     bundle = load_data(data, "auto", 1, n_eval, seed, task if isinstance(task, dict) else {})
-    seed_everything(seed)
+    pipeline.seed_everything(seed)
     with tempfile.TemporaryDirectory(prefix="slm-eval-") as tmp:
         inp = StageInput(
             artifact=artifact,
@@ -166,7 +166,7 @@ def _evaluate(cfg, artifact: Path, reference: Path, data: str, n_eval: int, seed
             data=bundle,
             workdir=Path(tmp),
             run_dir=Path(tmp),
-            device=resolve_device(device),
+            device=pipeline.resolve_device(device),
             seed=seed,
         )
         return dict(evaluate_run(cfg, inp).metrics)
@@ -175,8 +175,6 @@ def _evaluate(cfg, artifact: Path, reference: Path, data: str, n_eval: int, seed
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="run folder", show_default=False)]) -> None:
     """Rebuild a run's report.md and report.png from its manifest."""
-    from slm_toolkit.report import build_report
-
     try:
         path = build_report(run_dir)
     except FileNotFoundError as exc:

@@ -41,7 +41,12 @@ from slm_toolkit.core.artifacts import (
 from slm_toolkit.core.errors import RecipeError, StageFailed
 from slm_toolkit.core.paths import cache_dir
 from slm_toolkit.core.runlog import RUN_LOG, quiet_run, reroute
+from slm_toolkit.data.example import DataBundle
+from slm_toolkit.data.loaders import load_data
+from slm_toolkit.models.resolve import resolve_model
 from slm_toolkit.recipe import Recipe, StageEntry, dump_resolved
+from slm_toolkit.registry import STAGES
+from slm_toolkit.report import build_report
 from slm_toolkit.run_folder import (
     ERROR_LOG,
     MANIFEST,
@@ -51,6 +56,7 @@ from slm_toolkit.run_folder import (
     prepare_workdir,
     run_lock,
 )
+from slm_toolkit.stage import StageInput, StageRecord
 
 
 def _now() -> str:
@@ -95,12 +101,9 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
-def data_identity(recipe: Recipe) -> str:
-    """The recipe's data settings, plus the content of a local data file or folder."""
-    cfg = recipe.data.model_dump(mode="json")
-    source = Path(cfg["source"]).expanduser()
-    content = hash_folder(source) if not cfg["source"].startswith("builtin:") and source.exists() else None
-    return _hash({"data": cfg, "content": content})
+def data_identity(data: DataBundle) -> str:
+    """What the stages see of the data: every example's content (train and eval) and the options."""
+    return _hash({"examples": data.fingerprint(), "options": data.options})
 
 
 def seed_everything(seed: int) -> None:
@@ -150,10 +153,8 @@ class _Run:
         path = Path(rel)
         return path if path.is_absolute() else self.run_dir / path
 
-    def data(self) -> Any:
+    def data(self) -> DataBundle:
         if self._data is None:
-            from slm_toolkit.data.loaders import load_data
-
             d = self.recipe.data
             with self.console.status(f"loading data {d.source} ..."):
                 self._data = load_data(d.source, d.format, d.train, d.eval, self.recipe.seed, d.task.model_dump())
@@ -185,8 +186,6 @@ def run(
         try:
             _run_stages(state, model, old_records(run_dir))
         except StageFailed:
-            from slm_toolkit.report import build_report
-
             build_report(run_dir)  # the report shows the failure too
             raise
         except BaseException as exc:  # model or data could not be loaded, Ctrl-C, ...
@@ -199,8 +198,6 @@ def run(
 
 
 def _resolve_model(r: Recipe, console: Console) -> Path:
-    from slm_toolkit.models.resolve import resolve_model
-
     console.print(f"[bold]model[/] {r.model}")
     return Path(
         resolve_model(
@@ -215,7 +212,7 @@ def _resolve_model(r: Recipe, console: Console) -> Path:
 
 def _run_stages(state: _Run, model: Path, old: dict[str, dict[str, Any]]) -> None:
     r = state.recipe
-    data_id = data_identity(r)
+    data_id = data_identity(state.data())  # loaded once, before the first stage
     state.manifest = {
         "name": r.name,
         "model": r.model,
@@ -283,10 +280,7 @@ def _reusable(state: _Run, prev: dict[str, Any] | None, record: dict[str, Any]) 
 def _run_one(
     state: _Run, i: int, total: int, entry: StageEntry, record: dict[str, Any], artifact: Path | None, model: Path
 ) -> None:
-    from slm_toolkit.registry import STAGES
-    from slm_toolkit.stage import StageInput
-
-    data = state.data()  # loaded once, before the first stage that runs
+    data = state.data()
     reroute()  # console handlers of libraries imported by earlier stages go to run.log too
     final = state.run_dir / record["folder"]
     workdir, resumed = prepare_workdir(final, record["key"])
@@ -322,9 +316,7 @@ def _run_one(
     )
 
 
-def _history(state: _Run, i: int) -> list[Any]:
-    from slm_toolkit.stage import StageRecord
-
+def _history(state: _Run, i: int) -> list[StageRecord]:
     return [
         StageRecord(
             index=r["index"], name=r["name"], artifact=state.abs(r["artifact"]), metrics=dict(r.get("metrics", {}))
@@ -402,8 +394,6 @@ def _fmt(v: Any) -> str:
 
 
 def _finish(state: _Run) -> None:
-    from slm_toolkit.report import build_report
-
     last = next((state.abs(r["artifact"]) for r in reversed(state.manifest["stages"]) if r.get("artifact")), None)
     if last is not None:
         link_final(state.run_dir, last)

@@ -28,6 +28,7 @@ from slm_toolkit.core import yamlio
 from slm_toolkit.core.artifacts import Kind, artifact_kind
 from slm_toolkit.core.errors import RecipeError, format_path, validation_lines
 from slm_toolkit.data.config import DataConfig
+from slm_toolkit.registry import STAGES
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -133,8 +134,6 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
 
 
 def _parse_stages(raw: Any, present: bool, lines: list[str]) -> list[StageEntry]:
-    from slm_toolkit.registry import STAGES
-
     if not present:
         lines.append("stages: required key is missing (a list such as `- evaluate: {}`)")
         return []
@@ -208,8 +207,6 @@ def _model_kind(model: str) -> Kind:
 
 def _check_order(stages: list[StageEntry], model: str) -> list[str]:
     """Each stage must accept the kind of artifact its input is; fill in input/output kinds."""
-    from slm_toolkit.registry import STAGES
-
     lines: list[str] = []
     kind, source = _model_kind(model), "the recipe's model"
     for i, entry in enumerate(stages):

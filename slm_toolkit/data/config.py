@@ -6,6 +6,10 @@ data:
   train: 20000                # training examples
   eval: 500                   # held-out examples
   task: {steps: 4, digits: 1, ops: "+-", verify: 0}   # the builtin demo task only
+
+A source is checked by the row of slm_toolkit.data.loaders.DATA_SOURCES that handles it (a
+plugin's prefix such as `builtin:` names only what the plugin provides); paths are checked when
+the data is loaded.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from slm_toolkit.core.types import PositiveInt
+from slm_toolkit.data.loaders import check_data_source
 
 DEMO_OPS = "+-*"
 
@@ -60,24 +67,16 @@ class DataConfig(BaseModel):
 
     source: str = "builtin:arith-cot"
     format: Literal["auto", "fields", "gsm8k", "think"] = "auto"
-    train: int = 20000
-    eval: int = 500
+    train: PositiveInt = 20000
+    eval: PositiveInt = 500
     task: DemoTaskConfig = Field(default_factory=DemoTaskConfig)
-
-    @field_validator("train", "eval")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
 
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
-        if v.startswith("builtin:") and v != "builtin:arith-cot":
-            raise ValueError(f"unknown builtin data {v!r}; the builtin task is builtin:arith-cot")
+        check_data_source(v)
         return v
 
 

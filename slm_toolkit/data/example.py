@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,3 +43,13 @@ class DataBundle:
     eval: list[Example]
     source: str
     options: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A hash of the content of every example, train then eval (not of where they came from)."""
+        h = hashlib.sha256()
+        for part, examples in (("train", self.train), ("eval", self.eval)):
+            h.update(f"{part} {len(examples)}\n".encode())
+            for ex in examples:
+                h.update(json.dumps([ex.prompt, ex.cot, ex.answer], ensure_ascii=False).encode())
+                h.update(b"\n")
+        return h.hexdigest()[:16]

@@ -1,4 +1,4 @@
-"""Load a recipe's data into a DataBundle: the builtin demo task or JSONL files.
+"""Load a recipe's data into a DataBundle: JSONL files, or a source a plugin adds (the demo task).
 
 JSONL formats (`fmt`):
 - "fields": {"prompt", "cot", "answer"}.
@@ -11,81 +11,66 @@ JSONL formats (`fmt`):
   answer are stripped of surrounding whitespace.
 - "auto": detected per file from the first record's fields.
 
-Sources: "builtin:arith-cot"; a .jsonl file (shuffled with the seed, the first `n_eval` kept
-for eval, the next `n_train` for training; a file too small for both keeps eval's size, up to
-all but one example, and trains on the rest); a folder with train.jsonl and test.jsonl (or
-eval.jsonl / validation.jsonl), each shuffled with the seed and cut to size. Fewer examples
-than asked is a warning that says how many exist; none at all is an error.
+Sources are the rows of one table, DATA_SOURCES, tried in order: a .jsonl file (shuffled with
+the seed, the first `n_eval` kept for eval, the next `n_train` for training; a file too small for
+both keeps eval's size, up to all but one example, and trains on the rest); a folder with
+train.jsonl and test.jsonl (or eval.jsonl / validation.jsonl), each shuffled with the seed and cut
+to size; then rows added by plugins through the `slm_toolkit.sources` entry points
+(slm_toolkit.core.sources), e.g. the demo world's `builtin:arith-cot` (slm_toolkit.demo.sources).
+Fewer examples than asked is a warning that says how many exist; none at all is an error.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import warnings
 from pathlib import Path
 from typing import Any
 
-from slm_toolkit.data.config import DemoTaskConfig
+from slm_toolkit.core.sources import Source, SourceTable
 from slm_toolkit.data.example import DataBundle, Example
-from slm_toolkit.demo.task import generate_examples
 
-BUILTIN_DEMO = "builtin:arith-cot"
 FORMATS = ("auto", "fields", "gsm8k", "think")
 EVAL_FILES = ("test.jsonl", "eval.jsonl", "validation.jsonl")
 _PROMPT_KEYS = ("prompt", "question", "instruction", "input")
 _COMPLETION_KEYS = ("completion", "response", "output")
-_EVAL_SEED_OFFSET = 1_000_003  # the eval stream's seed: never the training seed
 
 
 def load_data(source: str, fmt: str, n_train: int, n_eval: int, seed: int, task: dict | None = None) -> DataBundle:
-    """The recipe's data: train and eval examples (see the module docstring for sources)."""
+    """The recipe's data: train and eval examples (see the module docstring for sources).
+
+    A source row's resolver is called as resolve(source, fmt=, n_train=, n_eval=, seed=, task=)
+    and returns a DataBundle; `task` holds the recipe's `data.task` knobs (the demo task's).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown data format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if source == BUILTIN_DEMO:
-        cfg = DemoTaskConfig(**(task or {}))
-        train, eval_ = demo_split(n_train, n_eval, seed, cfg.model_dump())
-        return DataBundle(train=train, eval=eval_, source=source, options={"task": cfg.model_dump(), "seed": seed})
-    if source.startswith("builtin:"):
-        raise ValueError(f"unknown builtin data {source!r}; the builtin task is {BUILTIN_DEMO}")
-    path = Path(source).expanduser()
-    if path.is_dir():
-        train, eval_ = _folder_split(path, fmt, n_train, n_eval, seed)
-    elif path.is_file():
-        train, eval_ = _file_split(path, fmt, n_train, n_eval, seed)
-    else:
+    row = DATA_SOURCES.find(source)
+    if row is None:
         raise FileNotFoundError(
-            f"data source {source!r} not found: expected {BUILTIN_DEMO}, a .jsonl file, "
-            "or a folder with train.jsonl and test.jsonl"
+            f"data source {source!r} not found: expected a .jsonl file, a folder with train.jsonl and test.jsonl, "
+            f"or one of: {DATA_SOURCES.known()}"
         )
+    return row.resolve(source, fmt=fmt, n_train=n_train, n_eval=n_eval, seed=seed, task=task or {})
+
+
+def check_data_source(source: str) -> None:
+    """Static check of a data spec for recipe validation (ValueError), by the row that handles it."""
+    row = DATA_SOURCES.find(source)
+    if row is not None and row.check is not None:
+        row.check(source)
+
+
+def _load_file(source: str, *, fmt: str, n_train: int, n_eval: int, seed: int, task: dict) -> DataBundle:
+    path = Path(source).expanduser()
+    train, eval_ = _file_split(path, fmt, n_train, n_eval, seed)
     return DataBundle(train=train, eval=eval_, source=str(path), options={"format": fmt, "seed": seed})
 
 
-def demo_split(n_train: int, n_eval: int, seed: int, task: dict) -> tuple[list[Example], list[Example]]:
-    """Demo train/eval; eval comes from another seed and never repeats a training prompt."""
-    train = generate_examples(n_train, seed, **task)
-    seen = {ex.prompt for ex in train}
-    eval_: list[Example] = []
-    for attempt in range(20):
-        batch = generate_examples(max(2 * n_eval, 64), seed + _EVAL_SEED_OFFSET * (attempt + 1), **task)
-        for ex in batch:
-            if ex.prompt not in seen and len(eval_) < n_eval:
-                seen.add(ex.prompt)
-                eval_.append(ex)
-        if len(eval_) == n_eval:
-            return train, eval_
-    if not eval_:
-        raise ValueError(
-            f"the demo task {task} has no problems left for eval after {n_train} training problems; "
-            "it has too few distinct problems: raise steps or digits, or lower data.train"
-        )
-    warnings.warn(
-        f"the demo task {task} has only {len(eval_)} problems outside the training set; "
-        f"eval uses {len(eval_)} instead of {n_eval}",
-        stacklevel=2,
-    )
-    return train, eval_
+def _load_folder(source: str, *, fmt: str, n_train: int, n_eval: int, seed: int, task: dict) -> DataBundle:
+    path = Path(source).expanduser()
+    train, eval_ = _folder_split(path, fmt, n_train, n_eval, seed)
+    return DataBundle(train=train, eval=eval_, source=str(path), options={"format": fmt, "seed": seed})
 
 
 def load_jsonl_examples(path: str | Path, fmt: str = "auto") -> list[Example]:
@@ -119,14 +104,6 @@ def detect_format(record: dict[str, Any], where: str = "record") -> str:
     )
 
 
-def shared_data_dir() -> Path:
-    """The project's shared data folder (holds gsm8k/): $SLM_SHARED_DATA, else ../shared/data beside the repo."""
-    env = os.environ.get("SLM_SHARED_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
 # ----- splits
 
 
@@ -140,7 +117,7 @@ def _file_split(path: Path, fmt: str, n_train: int, n_eval: int, seed: int) -> t
         warnings.warn(
             f"{path}: has {len(examples)} examples, fewer than the {n_train} + {n_eval} asked; "
             f"using {k_eval} for eval and {len(examples) - k_eval} for training",
-            stacklevel=3,
+            stacklevel=4,
         )
         n_eval = k_eval
     return examples[n_eval : n_eval + n_train], examples[:n_eval]
@@ -161,7 +138,7 @@ def _take(path: Path, fmt: str, n: int, seed: int) -> list[Example]:
     examples = load_jsonl_examples(path, fmt)
     random.Random(seed).shuffle(examples)
     if len(examples) < n:
-        warnings.warn(f"{path}: has {len(examples)} examples, fewer than the {n} asked; using all", stacklevel=4)
+        warnings.warn(f"{path}: has {len(examples)} examples, fewer than the {n} asked; using all", stacklevel=5)
     return examples[:n]
 
 
@@ -239,3 +216,8 @@ def _from_messages(messages: Any, where: str) -> tuple[str, str]:
 
 
 _PARSERS = {"fields": _parse_fields, "gsm8k": _parse_gsm8k, "think": _parse_think}
+
+
+DATA_SOURCES = SourceTable("data")
+DATA_SOURCES.add(Source("jsonl-file", lambda spec: Path(spec).expanduser().is_file(), _load_file, ""))
+DATA_SOURCES.add(Source("jsonl-folder", lambda spec: Path(spec).expanduser().is_dir(), _load_folder, ""))

@@ -26,13 +26,21 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from slm_toolkit.core import paths
+from slm_toolkit.core.artifacts import Kind, atomic_dir, write_meta
 from slm_toolkit.core.errors import ModelNotAvailable
+from slm_toolkit.data.config import DemoTaskConfig
 from slm_toolkit.data.example import PROMPT, Example
-from slm_toolkit.demo.task import format_example
+from slm_toolkit.data.segments import tokenize_examples
+from slm_toolkit.demo import train_lm
+from slm_toolkit.demo.task import format_example, generate_examples
+from slm_toolkit.measures.metrics import count_parameters, exact_match, generation_budget
 
 CODE_VERSION = 1  # bump when training code changes what a recipe produces
 # PROMPT_LOSS_NOTE: the builtins are trained to predict everything after the prompt (template,
@@ -60,8 +68,6 @@ TRAINING = {
 
 def builtin_recipe(name: str, task: dict, steps: int | None = None) -> dict[str, Any]:
     """Everything that determines the weights of builtin `name` for `task` (hashed for the cache)."""
-    from slm_toolkit.data.config import DemoTaskConfig
-
     if name not in ARCH:
         raise ModelNotAvailable(
             f"unknown builtin model 'builtin:{name}'; choose one of " + ", ".join(f"builtin:{n}" for n in ARCH)
@@ -83,17 +89,12 @@ def builtin_model(name: str, *, task: dict, seed: int = 0, progress: bool = True
     `seed` is accepted for the resolve_model signature and ignored (see the module doc);
     `steps` overrides the training steps (tests), which changes the cache key.
     """
-    from slm_toolkit.core import paths
-    from slm_toolkit.core.artifacts import atomic_dir
-
     recipe = builtin_recipe(name, task, steps)
     final = paths.cache_dir() / "builtin" / f"{name}-{recipe_hash(recipe)}"
     if (final / "slm_meta.json").is_file() and (final / "model.safetensors").is_file():
         return final
     _remove_stale_temporaries(final)
     if progress:
-        import sys
-
         print(
             f"builtin:{name}: first use for task {recipe['task']}: training it "
             f"({recipe['training']['steps']} steps; cached in {final})",
@@ -107,8 +108,6 @@ def builtin_model(name: str, *, task: dict, seed: int = 0, progress: bool = True
 
 def _remove_stale_temporaries(final: Path, older_than_s: float = 3600.0) -> None:
     """Remove temporary folders of `final` left by killed trainings (an hour old: not in use)."""
-    import shutil
-
     if not final.parent.is_dir():
         return
     for tmp in final.parent.glob(f".{final.name}.*.tmp"):
@@ -138,12 +137,7 @@ def _train_into(recipe: dict[str, Any], out: Path, progress: bool) -> None:
     """Train the builtin described by `recipe` and save it, with its figures, into `out`."""
     import torch
 
-    from slm_toolkit.core.artifacts import Kind, write_meta
-    from slm_toolkit.data.segments import tokenize_examples
-    from slm_toolkit.demo.task import generate_examples
     from slm_toolkit.demo.tokenizer import build_demo_tokenizer
-    from slm_toolkit.demo.train_lm import train_causal_lm
-    from slm_toolkit.measures.metrics import count_parameters, exact_match, generation_budget
     from slm_toolkit.runtime.torch import TorchGenerator
 
     task, tr = recipe["task"], recipe["training"]
@@ -154,7 +148,7 @@ def _train_into(recipe: dict[str, Any], out: Path, progress: bool) -> None:
     pool = _training_examples(tr["data"], tr["pool"], tr["seed"], task)
     sequences = tokenize_examples(tokenizer, pool)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    losses = train_causal_lm(
+    losses = train_lm.train_causal_lm(
         model,
         sequences,
         pad_id=tokenizer.pad_token_id,
@@ -202,8 +196,6 @@ def _max_positions(longest: int) -> int:
 
 
 def _training_examples(kind: str, n: int, seed: int, task: dict[str, Any]) -> list[Example]:
-    from slm_toolkit.demo.task import generate_examples
-
     if kind == "task":
         return generate_examples(n, seed, **task)
     return easy_examples(n, seed, **task)

@@ -1,24 +1,40 @@
 """Turn a model spec from a recipe into a local Hugging Face folder.
 
-A spec is one of:
-- `builtin:arith-teacher` / `builtin:arith-student`: the demo world's models, trained here on
-  first use and cached (see `slm_toolkit.demo.builtin`);
+The specs are rows of one table, MODEL_SOURCES, tried in order:
+- a `.gguf` file: dequantized once into a cached Hugging Face folder (slm_toolkit.models.gguf);
 - a local folder holding `config.json` and safetensors weights;
+- a short name of a GGUF model shipped in a pip package (`smollm2`, see models.gguf.PIP_MODELS);
 - a Hugging Face hub id (`org/name`, optionally `org/name@revision`): taken from the local
-  Hugging Face cache, or downloaded when the hub is reachable and offline mode is off.
+  Hugging Face cache, or downloaded when the hub is reachable and offline mode is off;
+- rows added by plugins through the `slm_toolkit.sources` entry points (slm_toolkit.core.sources),
+  e.g. the demo world's `builtin:arith-teacher` / `builtin:arith-student` (slm_toolkit.demo.sources).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from slm_toolkit.core.errors import ModelNotAvailable
+from slm_toolkit.core.sources import Source, SourceTable
+from slm_toolkit.models import gguf
 
-BUILTIN_PREFIX = "builtin:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
+_PREFIXED = re.compile(r"^([A-Za-z][\w.\-]*):(?!//)")  # "builtin:x", not a URL or a Windows drive
 # What we fetch of a hub repository: configs, safetensors weights, tokenizer files (never pickles).
-_HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
+_HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What a model source gets: the spec and the recipe's settings that may shape it."""
+
+    spec: str
+    task: dict = field(default_factory=dict)  # the recipe's demo-task knobs (builtin models are trained for them)
+    seed: int = 0
+    trust_remote_code: bool = False  # hub downloads include the repo's *.py files
+    progress: bool = True
 
 
 def resolve_model(
@@ -29,29 +45,41 @@ def resolve_model(
     trust_remote_code: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Return a local folder for `spec`; raise ModelNotAvailable with a clear message otherwise.
-
-    `task` (the recipe's demo-task knobs) and `seed` only matter for builtin models, which are
-    trained for that task; `trust_remote_code` lets hub downloads include the repo's *.py files.
-    """
+    """Return a local folder for `spec`; raise ModelNotAvailable with a clear message otherwise."""
     spec = spec.strip()
-    if spec.startswith(BUILTIN_PREFIX):
-        from slm_toolkit.demo.builtin import builtin_model
+    request = ModelRequest(spec, task or {}, seed, trust_remote_code, progress)
+    row = MODEL_SOURCES.find(spec)
+    if row is not None:
+        return Path(row.resolve(request))
+    prefixed = _PREFIXED.match(spec)
+    if prefixed:
+        raise ModelNotAvailable(
+            f"unknown model source {prefixed.group(1)!r} in {spec!r}; a model is one of: {MODEL_SOURCES.known()}"
+        )
+    raise ModelNotAvailable(f"model folder {spec} does not exist")
 
-        return builtin_model(spec[len(BUILTIN_PREFIX) :], task=task or {}, seed=seed, progress=progress)
-    path = Path(spec).expanduser()
-    if path.exists():
-        return _local_folder(path)
-    if _looks_like_path(spec) or not _HUB_ID.match(spec):
-        raise ModelNotAvailable(f"model folder {spec} does not exist")
-    return _hub_snapshot(spec, trust_remote_code)
+
+def resolve_artifact(spec: str | Path, *, progress: bool = True) -> Path:
+    """An artifact folder as it is (HF, ONNX, TensorRT), any other model spec (a .gguf file,
+    a pip-shipped model's short name, a hub id, a plugin's spec) through resolve_model."""
+    text = str(spec).strip()
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if not gguf.is_gguf_path(text):
+        if path.exists():
+            raise ModelNotAvailable(f"{text} is a file; expected an artifact folder, a .gguf file or a model name")
+        if _looks_like_path(text) or "/" in text and not _hub_id(text):
+            raise ModelNotAvailable(f"artifact folder not found: {text}")
+    return resolve_model(text, progress=progress)
 
 
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~", ".\\")) or spec.count("/") > 1 or "\\" in spec
 
 
-def _local_folder(path: Path) -> Path:
+def _local_folder(request: ModelRequest) -> Path:
+    path = Path(request.spec).expanduser()
     if not path.is_dir():
         raise ModelNotAvailable(f"{path} is a file; a model is a folder with config.json and *.safetensors")
     if not (path / "config.json").is_file():
@@ -62,9 +90,10 @@ def _local_folder(path: Path) -> Path:
     return path.resolve()
 
 
-def _hub_snapshot(spec: str, trust_remote_code: bool) -> Path:
+def _hub_snapshot(request: ModelRequest) -> Path:
     from huggingface_hub import constants, snapshot_download
 
+    spec, trust_remote_code = request.spec, request.trust_remote_code
     repo_id, _, revision = spec.partition("@")
     patterns = _HUB_PATTERNS + (["*.py"] if trust_remote_code else [])
     kwargs = dict(repo_id=repo_id, revision=revision or None, allow_patterns=patterns)
@@ -89,3 +118,36 @@ def _not_available(spec: str, error: Exception | None = None) -> ModelNotAvailab
         f"{spec} is not in the local Hugging Face cache and the hub is not reachable from this "
         f"machine{why}; download it elsewhere and pass a local folder"
     )
+
+
+def _exists(spec: str) -> bool:
+    return Path(spec).expanduser().exists()
+
+
+def _hub_id(spec: str) -> bool:
+    return not _looks_like_path(spec) and bool(_HUB_ID.match(spec))
+
+
+def _gguf_file(request: ModelRequest) -> Path:
+    return gguf.gguf_folder(Path(request.spec), progress=request.progress)
+
+
+def _pip_gguf(request: ModelRequest) -> Path:
+    name = gguf.short_name(request.spec)
+    assert name is not None
+    return gguf.gguf_folder(gguf.pip_gguf_file(name), progress=request.progress)
+
+
+MODEL_SOURCES = SourceTable("model")
+for _row in (
+    Source("gguf-file", gguf.is_gguf_path, _gguf_file, "a .gguf file"),
+    Source("local-folder", _exists, _local_folder, "a local Hugging Face folder"),
+    Source(
+        "pip-gguf",
+        lambda spec: gguf.short_name(spec) is not None,
+        _pip_gguf,
+        " or ".join(sorted(gguf.PIP_MODELS)) + " (GGUF in a pip package)",
+    ),
+    Source("hub-id", _hub_id, _hub_snapshot, "a Hugging Face hub id (org/name)"),
+):
+    MODEL_SOURCES.add(_row)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 from typer.testing import CliRunner
 
+from slm_toolkit import cli
 from slm_toolkit.cli import app
 from slm_toolkit.stage import StageOutput
 
@@ -18,7 +16,7 @@ def test_eval_calls_the_evaluate_stage_and_prints_metrics(tmp_path, monkeypatch)
         seen.update(cfg=cfg, inp=inp, workdir_exists=inp.workdir.is_dir())
         return StageOutput(artifact=inp.artifact, metrics={"accuracy": 0.875, "params": 1234})
 
-    monkeypatch.setitem(sys.modules, "slm_toolkit.evaluate.stage", types.SimpleNamespace(run=fake_run))
+    monkeypatch.setattr(cli, "evaluate_run", fake_run)
     artifact = tmp_path / "art"
     artifact.mkdir()
     (artifact / "config.json").write_text("{}")

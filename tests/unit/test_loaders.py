@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
-from slm_toolkit.data.example import Example
-from slm_toolkit.data.loaders import detect_format, load_data, load_jsonl_examples, shared_data_dir
+from slm_toolkit.core import sources
+from slm_toolkit.data.config import DataConfig
+from slm_toolkit.data.example import DataBundle, Example
+from slm_toolkit.data.loaders import DATA_SOURCES, detect_format, load_data, load_jsonl_examples
 
-GSM8K = (
-    Path(os.environ.get("SLM_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data") / "gsm8k"
-)
+GSM8K = Path(__file__).resolve().parents[1] / "fixtures" / "gsm8k"  # invented problems in GSM8K's format
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -72,8 +74,29 @@ def test_fewer_examples_than_asked_warns_and_one_is_an_error(tmp_path):
         load_data(str(write_jsonl(tmp_path / "one.jsonl", fields_rows(1))), "auto", 1, 1, 0, None)
 
 
-def test_gsm8k_real_file_keeps_annotations():
-    examples = load_jsonl_examples(GSM8K / "train.jsonl")
+def test_gsm8k_format_keeps_annotations():
+    examples = load_jsonl_examples(GSM8K / "train.jsonl")  # auto-detected as gsm8k
+    assert len(examples) == 60
+    first = examples[0]
+    assert first.prompt.startswith("Marta baked 72 muffins for the school fair.")
+    assert first.cot == (
+        "Before noon she sold 72/2 = <<72/2=36>>36 muffins.\nIn the afternoon she sold 72-36 = <<72-36=36>>36 muffins."
+    )
+    assert first.answer == "36"
+    assert all(e.answer and "####" not in e.cot and not e.cot.endswith("\n") for e in examples)
+    assert any("€" in e.prompt for e in examples)  # non-ASCII text survives
+
+
+def test_gsm8k_folder():
+    bundle = load_data(str(GSM8K), "gsm8k", 40, 12, 0, None)
+    assert (len(bundle.train), len(bundle.eval)) == (40, 12)
+    test_prompts = {e.prompt for e in load_jsonl_examples(GSM8K / "test.jsonl")}
+    assert all(e.prompt in test_prompts for e in bundle.eval)
+    assert bundle.options == {"format": "gsm8k", "seed": 0}
+
+
+def test_full_gsm8k_file_keeps_annotations(gsm8k_full):
+    examples = load_jsonl_examples(gsm8k_full / "train.jsonl")
     assert len(examples) == 7473
     first = examples[0]
     assert first.prompt.startswith("Natalia sold clips to 48 of her friends")
@@ -83,14 +106,8 @@ def test_gsm8k_real_file_keeps_annotations():
     )
     assert first.answer == "72"
     assert all(e.answer and "####" not in e.cot and not e.cot.endswith("\n") for e in examples)
-
-
-def test_gsm8k_folder_and_shared_dir():
-    assert shared_data_dir() / "gsm8k" == GSM8K or os.environ.get("SLM_SHARED_DATA")
-    bundle = load_data(str(GSM8K), "gsm8k", 40, 12, 0, None)
+    bundle = load_data(str(gsm8k_full), "gsm8k", 40, 12, 0, None)
     assert (len(bundle.train), len(bundle.eval)) == (40, 12)
-    test_prompts = {e.prompt for e in load_jsonl_examples(GSM8K / "test.jsonl")}
-    assert all(e.prompt in test_prompts for e in bundle.eval)
 
 
 def test_think_format_variants(tmp_path):
@@ -143,3 +160,80 @@ def test_errors_name_the_problem(tmp_path):
         load_jsonl_examples(write_jsonl(tmp_path / "e.jsonl", []))
     with pytest.raises(ValueError, match="unknown data format"):
         load_data(str(bad), "csv", 1, 1, 0, None)
+
+
+def test_fingerprint_covers_every_example():
+    a = load_data(str(GSM8K), "gsm8k", 40, 12, 0, None)
+    assert a.fingerprint() == load_data(str(GSM8K), "gsm8k", 40, 12, 0, None).fingerprint()
+    changed = [Example(e.prompt, e.cot, e.answer) for e in a.train]
+    changed[-1] = Example(changed[-1].prompt, changed[-1].cot + " ", changed[-1].answer)  # the last one, not [:3]
+    assert DataBundle(changed, a.eval, a.source).fingerprint() != a.fingerprint()
+    evals = list(a.eval)
+    evals[5] = Example(evals[5].prompt, evals[5].cot, "0")
+    assert DataBundle(a.train, evals, a.source).fingerprint() != a.fingerprint()
+    assert DataBundle(a.train[:20], a.train[20:] + a.eval, a.source).fingerprint() != a.fingerprint()  # the split too
+
+
+# -- the source table and the demo's entry point -------------------------------------------
+def test_demo_registers_through_its_entry_point():
+    (ep,) = [ep for ep in entry_points(group=sources.ENTRY_POINT_GROUP) if ep.name == "demo"]
+    assert ep.value == "slm_toolkit.demo.sources:register"
+    assert [r.name for r in DATA_SOURCES.rows][:2] == ["jsonl-file", "jsonl-folder"]  # library rows first
+    load_data("builtin:arith-cot", "auto", 4, 2, 0, {})
+    assert "demo-builtin" in [r.name for r in DATA_SOURCES.rows]
+
+
+def test_library_does_not_import_the_demo_until_a_builtin_spec_needs_it(tmp_path):
+    """The library imports no plugin; the plugins load once, lazily, for a spec the library lacks."""
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fields_rows(4)))
+    code = f"""
+import sys
+from slm_toolkit.data.loaders import load_data
+from slm_toolkit.models.resolve import resolve_model
+import slm_toolkit.recipe, slm_toolkit.pipeline
+load_data({str(tmp_path / "d.jsonl")!r}, "auto", 2, 2, 0)
+assert not [m for m in sys.modules if m.startswith("slm_toolkit.demo")], "demo imported early"
+load_data("builtin:arith-cot", "auto", 2, 2, 0)
+assert "slm_toolkit.demo.sources" in sys.modules
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_plugins_load_once_and_a_broken_one_names_itself(monkeypatch):
+    calls = []
+
+    class EP:
+        def __init__(self, name, fn):
+            self.name, self.value, self._fn = name, f"tests:{name}", fn
+
+        def load(self):
+            return self._fn
+
+    def register():
+        calls.append(1)
+        DATA_SOURCES.add(sources.Source("test-x", sources.prefix("x:"), lambda s, **k: "X", "x:data"))
+
+    monkeypatch.setattr(sources, "_loaded", False)
+    monkeypatch.setattr(sources, "entry_points", lambda group: [EP("x", register)])
+    monkeypatch.setattr(DATA_SOURCES, "_rows", list(DATA_SOURCES.rows))
+    assert load_data("x:anything", "auto", 1, 1, 0) == "X"
+    assert load_data("x:again", "auto", 1, 1, 0) == "X" and calls == [1]
+    with pytest.raises(FileNotFoundError, match="x:data"):
+        load_data("y:nothing", "auto", 1, 1, 0)
+
+    def broken():
+        raise ImportError("no module named foo")
+
+    monkeypatch.setattr(sources, "_loaded", False)
+    monkeypatch.setattr(sources, "entry_points", lambda group: [EP("bad", broken)])
+    with pytest.raises(RuntimeError, match="plugin 'bad' .* failed to load: no module named foo"):
+        load_data("z:data", "auto", 1, 1, 0)
+
+
+def test_data_config_checks_a_plugin_source():
+    assert DataConfig(source="builtin:arith-cot").source == "builtin:arith-cot"
+    with pytest.raises(ValueError, match="unknown builtin data 'builtin:nope'"):
+        DataConfig(source="builtin:nope")
+    assert DataConfig(source="some/folder/not/checked/yet").source  # paths are checked when loaded
