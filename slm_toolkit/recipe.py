@@ -90,7 +90,7 @@ class RecipeHeader(BaseModel):
     @classmethod
     def _model(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError("must be builtin:<name>, a local folder or a hub id")
+            raise ValueError("must be a local folder, a .gguf file, a hub id or a plugin's name (builtin:<name>)")
         return v
 
 
@@ -195,9 +195,9 @@ def _unknown_stage(i: int, name: Any, stages: dict[str, Any]) -> str:
 
 def _model_kind(model: str) -> Kind:
     """The artifact kind of the recipe's model: that of a local folder (a quantized one says so in
-    its slm_meta.json), else a HF model."""
+    its slm_meta.json), else a HF model (a .gguf file, a hub id, a plugin's model)."""
     path = Path(model).expanduser()
-    if not model.startswith("builtin:") and path.is_dir():
+    if path.is_dir():
         try:
             return artifact_kind(path)
         except ValueError:

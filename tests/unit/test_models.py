@@ -78,6 +78,34 @@ def test_resolve_unknown_builtin():
         resolve_model("builtin:nope", task={})
 
 
+def test_unknown_prefix_lists_every_source():
+    with pytest.raises(ModelNotAvailable, match="unknown model source 'foo' in 'foo:bar'") as err:
+        resolve_model("foo:bar")
+    for known in ("a .gguf file", "a local Hugging Face folder", "smollm2", "hub id", "builtin:arith-teacher"):
+        assert known in str(err.value)
+
+
+def test_model_table_order_and_the_demo_row():
+    from slm_toolkit.models.resolve import MODEL_SOURCES
+
+    with pytest.raises(ModelNotAvailable):
+        resolve_model("builtin:nope")  # loads the plugins
+    names = [r.name for r in MODEL_SOURCES.rows]
+    assert names[:4] == ["gguf-file", "local-folder", "pip-gguf", "hub-id"] and "demo-builtin" in names[4:]
+
+
+def test_resolve_artifact_keeps_folders_and_names_missing_ones(tmp_path):
+    from slm_toolkit.models.resolve import resolve_artifact
+
+    (tmp_path / "onnx").mkdir()  # any artifact folder (ONNX, TensorRT) is taken as it is
+    assert resolve_artifact(tmp_path / "onnx") == tmp_path / "onnx"
+    with pytest.raises(ModelNotAvailable, match="artifact folder not found"):
+        resolve_artifact(tmp_path / "missing")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelNotAvailable, match="is a file"):
+        resolve_artifact(tmp_path / "weights.bin")
+
+
 # -- load ------------------------------------------------------------------------------------
 def test_load_model_round_trip(tiny_folder):
     folder, model = tiny_folder
