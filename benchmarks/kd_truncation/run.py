@@ -61,7 +61,9 @@ def cells(groups: list[str]) -> list[dict]:
         out += [cell(s, fraction=f) for s in SUPERVISE if s != "P+CoT+A" for f in (0.5, 1.0)]
     if "protocol" in groups:  # the variants, sized for <= 0.6x of full KD's FLOPs (see README.md)
         out += [
-            cell(fraction=0.45, full_batches=fb, schedule=s) for fb in (0.15, 0.2) for s in ("uniform", "front", "end")
+            cell(fraction=f, full_batches=fb, schedule=s)
+            for f, fb in ((0.45, 0.15), (0.4, 0.2))
+            for s in ("uniform", "front", "end")
         ]
         out += [cell(fraction=0.45, full_batches=0.15, mixing="example")]
         out += [cell(fraction=0.45, mode="cot_only"), cell(fraction=0.45, full_batches=0.15, mode="cot_only")]
