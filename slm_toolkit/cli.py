@@ -106,7 +106,21 @@ def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
     for i, s in enumerate(r.stages, 1):
         table.add_row(str(i), f"{i:02d}-{s.name}", s.input_kind, s.output_kind, pipeline.config_hash(s))
     out.print(table)
+    for i, s in enumerate(r.stages, 1):  # every key of each stage as it will run, defaults included
+        settings = ", ".join(f"{k}={v}" for k, v in _flat(s.config.model_dump(mode="json")).items())
+        out.print(f"{i:02d}-{s.name}: {escape(settings)}", soft_wrap=True)
     out.print(f"[green]ok[/] {escape(str(recipe))}: {len(r.stages)} stage(s) valid", soft_wrap=True)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{"truncate": {"fraction": 0.5}} -> {"truncate.fraction": 0.5}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 @app.command(name="eval")

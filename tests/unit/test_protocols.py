@@ -224,6 +224,16 @@ def test_slm_validate_accepts_the_protocol_keys_and_names_a_bad_one(tmp_path, mo
     (tmp_path / "r.yaml").write_text(RECIPE.format(truncate=good))
     ok = CliRunner().invoke(app, ["validate", "r.yaml"])
     assert ok.exit_code == 0, ok.output
+    shown = " ".join(ok.stdout.split())  # the stage's resolved keys, the protocol keys among them
+    for key in (
+        "truncate.fraction=0.45",
+        "truncate.full_batches=0.15",
+        "truncate.schedule=end",
+        "truncate.mixing=batch",
+        "truncate.fraction_start=0.3",
+        "truncate.mode=cot_only",
+    ):
+        assert key in shown, key
     bad = CliRunner().invoke(app, ["validate", "r.yaml", "stages.0.distill.truncate.schedule=middle"])
     assert bad.exit_code == 2
     assert bad.stderr.strip().splitlines() == [
