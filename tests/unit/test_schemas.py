@@ -178,3 +178,30 @@ def test_shipped_server_config_and_k8s_manifest():
     assert pod["terminationGracePeriodSeconds"] > ServeConfig().graceful_shutdown_s
     assert docs["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
     assert docs["Service"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
+
+
+def test_default_threads_leave_room_for_the_event_loop():
+    from slm_toolkit.serving.config import default_threads
+
+    assert [default_threads(n) for n in (1, 2, 3, 4, 16, 64)] == [1, 1, 1, 2, 8, 8]
+    assert 1 <= default_threads() <= 8
+
+
+def test_new_openai_fields_parse():
+    c = parse(
+        CompletionRequest,
+        {"prompt": ["a", "b"], "n": 2, "logprobs": 3, "echo": True, "frequency_penalty": 0, "presence_penalty": -1},
+    )
+    assert c.prompts() == ["a", "b"] and c.top_logprobs_count() == 3 and c.presence_penalty == -1.0
+    chat = parse(
+        ChatCompletionRequest,
+        {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+            "max_completion_tokens": 5,
+            "logprobs": True,
+        },
+    )
+    assert chat.messages[0].text() == "ab" and chat.token_limit() == 5 and chat.top_logprobs_count() == 0
+    with pytest.raises(RequestError) as info:
+        parse(CompletionRequest, {"prompt": 3})
+    assert info.value.param == "prompt" and "list of token ids" in info.value.message
