@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from slm_toolkit.runtime.base import Generator
 from slm_toolkit.runtime.decoding import prompt_logprobs
 from slm_toolkit.serving import schemas as S
-from slm_toolkit.serving.chat import ChatFormat
+from slm_toolkit.serving.chat import ChatFormat, encode
 from slm_toolkit.serving.config import ServeConfig
 from slm_toolkit.serving.engine import (
     Engine,
@@ -127,7 +127,7 @@ class Service:
         return list(prompt)
 
     def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return encode(self.tokenizer, text, add_special_tokens=True)
 
     async def encode_chat(self, messages: list[S.ChatMessage]) -> list[int]:
         chars = sum(len(m.text()) for m in messages)
@@ -199,23 +199,25 @@ class Service:
             self.engine.cancel(job)
             raise EngineError(408, "the request timed out") from None
 
-    async def events(
+    async def bursts(
         self, reqs: list[GenRequest], asms: list[TextAssembler]
-    ) -> AsyncIterator[tuple[int, str, str | None, list]]:
-        """(choice, text delta, finish reason or None, [(token, logprobs)]) until every choice
-        ended; cancels what is left if abandoned. Tokens already waiting are sent as one delta per
-        choice: a stream that fell behind costs one SSE write, not one per token."""
+    ) -> AsyncIterator[list[tuple[int, str, str | None, list]]]:
+        """Lists of (choice, text delta, finish reason or None, [(token, logprobs)]) until every
+        choice ended; cancels what is left if abandoned. A list holds what is ready at once (one
+        delta per choice): a stream that fell behind costs one SSE write, not one per token."""
         queue = reqs[0].events
         deadline = max(r.deadline for r in reqs)
         pending: dict[int, list] = {}
+        out: list[tuple[int, str, str | None, list]] = []
         ended: set[int] = set()
         want_info = reqs[0].params.logprobs is not None
         try:
             while len(ended) < len(reqs):
-                if pending and queue.empty():
-                    for i, (text, infos) in pending.items():
-                        yield i, text, None, infos
+                if queue.empty() and (pending or out):
+                    out += [(i, text, None, infos) for i, (text, infos) in pending.items()]
                     pending.clear()
+                    yield out
+                    out = []
                 event = queue.get_nowait() if not queue.empty() else await _next_event(queue, deadline)
                 kind, i = event[0], event[1]
                 if i in ended:
@@ -230,17 +232,20 @@ class Service:
                         self.engine.cancel(reqs[i], "stop")
                         ended.add(i)
                         text, infos = pending.pop(i)
-                        yield i, text, "stop", infos
+                        out.append((i, text, "stop", infos))
                 elif kind == "finish":
                     ended.add(i)
                     text, infos = pending.pop(i, ("", []))
-                    yield i, text + asm.flush(), event[2], infos
+                    out.append((i, text + asm.flush(), event[2], infos))
                 else:
-                    for j, (text, infos) in pending.items():
-                        yield j, text, None, infos
+                    out += [(j, text, None, infos) for j, (text, infos) in pending.items()]
                     pending.clear()
                     ended.update(range(len(reqs)))
+                    if out:
+                        yield out
                     raise EngineError(event[2], event[3])
+            if out:
+                yield out
         finally:
             if len(ended) < len(reqs):  # client gone, timed out or cancelled: drop the sequences
                 for r in reqs:
@@ -252,11 +257,12 @@ class Service:
 
         async def consume():
             out = [["", None, []] for _ in reqs]
-            async for i, delta, finish, infos in self.events(reqs, asms):
-                out[i][0] += delta
-                out[i][2] += infos
-                if finish:
-                    out[i][1] = finish
+            async for burst in self.bursts(reqs, asms):
+                for i, delta, finish, infos in burst:
+                    out[i][0] += delta
+                    out[i][2] += infos
+                    if finish:
+                        out[i][1] = finish
             return out
 
         task = asyncio.create_task(consume())
@@ -298,10 +304,13 @@ class Service:
 
 
 async def _next_event(queue: asyncio.Queue, deadline: float) -> tuple:
-    left = deadline + 5.0 - time.perf_counter()  # a safety net: the engine times requests out first
+    left = max(deadline + 5.0 - time.perf_counter(), 0.01)  # a safety net: the engine times requests out first
     try:
-        return await asyncio.wait_for(queue.get(), timeout=max(left, 0.01))
-    except asyncio.TimeoutError:
+        if hasattr(asyncio, "timeout"):  # 3.11+: a timer handle, not a task per wait like wait_for
+            async with asyncio.timeout(left):
+                return await queue.get()
+        return await asyncio.wait_for(queue.get(), timeout=left)
+    except (asyncio.TimeoutError, TimeoutError):
         raise EngineError(408, "the request timed out") from None
 
 
@@ -515,8 +524,11 @@ async def _generate(svc: Service, request: Request, body, prompts: list[list[int
 
 
 async def _stream_completion(svc: Service, reqs, asms, rid: str, body, prompts, prefix, echo_jobs):
+    """SSE for /v1/completions: one write per burst of ready tokens; the last burst carries the
+    usage chunk and [DONE] too (a one-token answer is one write)."""
     inc, top, model = body.include_usage(), body.top_logprobs_count(), svc.model_name
     offsets = [0] * len(asms)
+    out: list[str] = []
     try:
         if any(prefix):  # echo: the prompt first, as its own chunk per choice
             echoed = [await svc.wait_job(j) for j in echo_jobs]
@@ -525,43 +537,64 @@ async def _stream_completion(svc: Service, reqs, asms, rid: str, body, prompts, 
                 lp = svc.completion_logprobs(list(zip(prompts[p], echoed[p])), 0) if echoed else None
                 offsets[i] = len(prefix[p])
                 finish = None if reqs else "length"
-                yield _sse(S.completion_chunk(rid, model, S.completion_choice(i, prefix[p], finish, lp), None, inc))
+                out.append(
+                    _sse(S.completion_chunk(rid, model, S.completion_choice(i, prefix[p], finish, lp), None, inc))
+                )
+        done = 0
         if reqs:
-            async for i, delta, finish, infos in svc.events(reqs, asms):
-                lp = svc.completion_logprobs(infos, offsets[i]) if top is not None else None
-                offsets[i] += len(delta)
-                yield _sse(S.completion_chunk(rid, model, S.completion_choice(i, delta, finish, lp), None, inc))
+            async for burst in svc.bursts(reqs, asms):
+                for i, delta, finish, infos in burst:
+                    lp = svc.completion_logprobs(infos, offsets[i]) if top is not None else None
+                    offsets[i] += len(delta)
+                    choice = S.completion_choice(i, delta, finish, lp)
+                    out.append(_sse(S.completion_chunk(rid, model, choice, None, inc)))
+                    done += finish is not None
+                if done < len(asms):  # the last burst waits for the closing chunks below
+                    yield "".join(out)
+                    out = []
     except EngineError as exc:
-        yield _sse(S.error_body(str(exc), _error_type(exc.status), code=exc.status))
+        out.append(_sse(S.error_body(str(exc), _error_type(exc.status), code=exc.status)))
     if inc:
         use = S.usage(sum(map(len, prompts)), sum(len(a.ids) for a in asms))
-        yield _sse(S.completion_chunk(rid, model, None, use, True))
-    yield _sse("[DONE]")
+        out.append(_sse(S.completion_chunk(rid, model, None, use, True)))
+    out.append(_sse("[DONE]"))
+    yield "".join(out)
 
 
 async def _stream_chat(svc: Service, reqs, asms, rid: str, body):
+    """SSE for /v1/chat/completions: the role chunks go out with the first tokens; one write per
+    burst, the last one with the usage chunk and [DONE]."""
     inc, top, model = body.include_usage(), body.top_logprobs_count(), svc.model_name
-    for i in range(len(asms)):
-        yield _sse(S.chat_chunk(rid, model, i, {"role": "assistant", "content": ""}, None, None, None, inc))
+    out = [
+        _sse(S.chat_chunk(rid, model, i, {"role": "assistant", "content": ""}, None, None, None, inc))
+        for i in range(len(asms))
+    ]
+    done = 0
     try:
-        async for i, delta, finish, infos in svc.events(reqs, asms):
-            lp = svc.chat_logprobs(infos) if top is not None and infos else None
-            if delta or lp:
-                yield _sse(S.chat_chunk(rid, model, i, {"content": delta}, None, lp, None, inc))
-            if finish:
-                yield _sse(S.chat_chunk(rid, model, i, {}, finish, None, None, inc))
+        async for burst in svc.bursts(reqs, asms):
+            for i, delta, finish, infos in burst:
+                lp = svc.chat_logprobs(infos) if top is not None and infos else None
+                if delta or lp:
+                    out.append(_sse(S.chat_chunk(rid, model, i, {"content": delta}, None, lp, None, inc)))
+                if finish:
+                    out.append(_sse(S.chat_chunk(rid, model, i, {}, finish, None, None, inc)))
+                    done += 1
+            if done < len(asms):  # the last burst waits for the closing chunks below
+                yield "".join(out)
+                out = []
     except EngineError as exc:
-        yield _sse(S.error_body(str(exc), _error_type(exc.status), code=exc.status))
+        out.append(_sse(S.error_body(str(exc), _error_type(exc.status), code=exc.status)))
     if inc:
         use = S.usage(len(reqs[0].prompt_ids), sum(len(a.ids) for a in asms))
-        yield _sse(S.chat_chunk(rid, model, None, None, None, None, use, True))
-    yield _sse("[DONE]")
+        out.append(_sse(S.chat_chunk(rid, model, None, None, None, None, use, True)))
+    out.append(_sse("[DONE]"))
+    yield "".join(out)
 
 
 async def _score(svc: Service, body: S.ScoreRequest):
     prompt = await svc.encode_prompt(body.prompt)
     svc.check_chars(sum(map(len, body.candidates)), "candidates")
-    cands = [list(svc.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in body.candidates]
+    cands = [encode(svc.tokenizer, c, add_special_tokens=False) for c in body.candidates]
     limit = svc.max_model_len()
     longest = len(prompt) + max(len(c) for c in cands)
     if longest > limit:

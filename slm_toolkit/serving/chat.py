@@ -32,18 +32,18 @@ class ChatFormat:
         self.marker_ids = self._plain(reasoning_marker) if reasoning_marker else []
 
     def _plain(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        return encode(self.tokenizer, text, add_special_tokens=False) if text else []
 
     def prompt_ids(self, messages: Sequence) -> list[int]:
         """`messages`: objects with `.role` and `.text()` (schemas.ChatMessage)."""
         if not self.templated:
             return self._fallback(messages)
         convo = [{"role": m.role, "content": m.text()} for m in messages]
-        try:
-            ids = self.tokenizer.apply_chat_template(convo, add_generation_prompt=True, tokenize=True)
+        try:  # rendered, then tokenized as apply_chat_template(tokenize=True) does: no special tokens added
+            text = self.tokenizer.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # noqa: BLE001 - a template may refuse a conversation (jinja raise_exception)
             raise RequestError(f"messages: the model's chat template refused them: {exc}", param="messages") from None
-        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        ids = encode(self.tokenizer, text, add_special_tokens=False)
         m = self.marker_ids
         if m and ids[-len(m) :] != m:
             ids += m
@@ -65,3 +65,13 @@ class ChatFormat:
         if turn:
             ids += self._plain("\n\n".join(turn)) + self.marker_ids
         return ids
+
+
+def encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+    """`tokenizer(text)["input_ids"]` without the wrapper's per-call Python work: the Rust
+    tokenizer directly when it has no truncation or padding set (the same ids). encode_batch
+    releases the GIL, so a long text tokenized in a worker thread does not stall the event loop."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+    return backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids

@@ -144,6 +144,7 @@ def run_server(artifact: Path, cfg, given: Path | None = None) -> int:
             http=header_timeout(cfg.header_timeout_s),
             timeout_keep_alive=5,
             limit_concurrency=cfg.max_connections,
+            access_log=cfg.access_log,
             timeout_graceful_shutdown=int(cfg.graceful_shutdown_s) or None,
         )
     )

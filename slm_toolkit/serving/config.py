@@ -35,6 +35,7 @@ class ServeConfig(BaseModel):
     header_timeout_s: PositiveFloat = 10.0  # a connection that has not sent a request's headers by then is closed
     body_timeout_s: PositiveFloat = 30.0  # a request body not received by then gets 408
     max_connections: PositiveInt = 512  # open connections + in-flight requests; past it: 503
+    access_log: bool = False  # one log line per request (costs ~0.1 ms of the event loop each)
 
 
 def default_threads(cpus: int | None = None) -> int:
