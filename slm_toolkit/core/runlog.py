@@ -123,7 +123,9 @@ def _import_self_configuring() -> None:
 
     for name in _SELF_CONFIGURING:
         with contextlib.suppress(ImportError):
-            importlib.import_module(name)
+            module = importlib.import_module(name)
+            if hasattr(module, "get_logger"):  # transformers / optimum attach their handler on first use
+                module.get_logger()
 
 
 def _showwarning(file_handler: logging.Handler, console: bool):
