@@ -500,9 +500,7 @@ async def _generate(svc: Service, request: Request, body, prompts: list[list[int
             if chat
             else _stream_completion(svc, reqs, asms, rid, body, prompts, prefix, echo_jobs)
         )
-        return StreamingResponse(
-            stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
+        return await _sse_response(stream)
     echoed = [await svc.wait_job(j) for j in echo_jobs]
     outs = await svc.collect(request, reqs, asms) if reqs else [["", "length", []] for _ in asms]
     use = S.usage(sum(map(len, prompts)), sum(len(a.ids) for a in asms))
@@ -521,6 +519,27 @@ async def _generate(svc: Service, request: Request, body, prompts: list[list[int
             logprobs = svc.completion_logprobs(head + infos, 0)
         choices.append(S.completion_choice(i, prefix[p] + text, finish, logprobs))
     return JSONResponse(S.completion_body(rid, svc.model_name, choices, use))
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _sse_response(stream: AsyncIterator[tuple[str, bool]]) -> Response:
+    """The event stream's response, started when its first write is ready. When that write is
+    the whole stream (a short answer, or one that was ready at once) it goes out as one plain
+    response: two socket writes, like any small JSON answer, instead of headers, body and
+    chunked terminator; otherwise a StreamingResponse sends the rest as it comes."""
+    text, last = await stream.__anext__()
+    if last:
+        await stream.aclose()
+        return Response(text, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    async def rest():
+        yield text
+        async for chunk, _ in stream:
+            yield chunk
+
+    return StreamingResponse(rest(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
 async def _stream_completion(svc: Service, reqs, asms, rid: str, body, prompts, prefix, echo_jobs):
@@ -550,7 +569,7 @@ async def _stream_completion(svc: Service, reqs, asms, rid: str, body, prompts, 
                     out.append(_sse(S.completion_chunk(rid, model, choice, None, inc)))
                     done += finish is not None
                 if done < len(asms):  # the last burst waits for the closing chunks below
-                    yield "".join(out)
+                    yield "".join(out), False
                     out = []
     except EngineError as exc:
         out.append(_sse(S.error_body(str(exc), _error_type(exc.status), code=exc.status)))
@@ -558,7 +577,7 @@ async def _stream_completion(svc: Service, reqs, asms, rid: str, body, prompts, 
         use = S.usage(sum(map(len, prompts)), sum(len(a.ids) for a in asms))
         out.append(_sse(S.completion_chunk(rid, model, None, use, True)))
     out.append(_sse("[DONE]"))
-    yield "".join(out)
+    yield "".join(out), True
 
 
 async def _stream_chat(svc: Service, reqs, asms, rid: str, body):
@@ -580,7 +599,7 @@ async def _stream_chat(svc: Service, reqs, asms, rid: str, body):
                     out.append(_sse(S.chat_chunk(rid, model, i, {}, finish, None, None, inc)))
                     done += 1
             if done < len(asms):  # the last burst waits for the closing chunks below
-                yield "".join(out)
+                yield "".join(out), False
                 out = []
     except EngineError as exc:
         out.append(_sse(S.error_body(str(exc), _error_type(exc.status), code=exc.status)))
@@ -588,7 +607,7 @@ async def _stream_chat(svc: Service, reqs, asms, rid: str, body):
         use = S.usage(len(reqs[0].prompt_ids), sum(len(a.ids) for a in asms))
         out.append(_sse(S.chat_chunk(rid, model, None, None, None, None, use, True)))
     out.append(_sse("[DONE]"))
-    yield "".join(out)
+    yield "".join(out), True
 
 
 async def _score(svc: Service, body: S.ScoreRequest):
