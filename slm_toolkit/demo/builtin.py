@@ -184,6 +184,7 @@ def _train_into(recipe: dict[str, Any], out: Path, progress: bool) -> None:
         builtin=recipe,
         metrics=metrics,
         heldout={"n": HELDOUT_N, "seed": HELDOUT_SEED},
+        reasoning_marker="<think>",  # what the model expects after the prompt (slm serve's chat prompt)
     )
 
 
