@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from slm_toolkit.bench import plots
 from slm_toolkit.bench.config import check_dataset, check_slo
 from slm_toolkit.bench.server import serve_artifact
 from slm_toolkit.core.artifacts import write_text_atomic
@@ -304,7 +305,7 @@ def compare(
     out: Annotated[Optional[Path], typer.Option(help="write compare.md and compare.png here")] = None,
 ) -> None:
     """Side-by-side table (and a latency-throughput plot) of several results.json."""
-    from slm_toolkit.bench import plots, results
+    from slm_toolkit.bench import results
 
     try:
         docs = [results.load(f) for f in files]

@@ -38,8 +38,16 @@ LAYERS: list[tuple[str, list[str]]] = [
             "slm_toolkit.demo",
         ],
     ),
-    ("pipeline", ["slm_toolkit.registry", "slm_toolkit.recipe", "slm_toolkit.pipeline", "slm_toolkit.report",
-                  "slm_toolkit.run_folder"]),
+    (
+        "pipeline",
+        [
+            "slm_toolkit.registry",
+            "slm_toolkit.recipe",
+            "slm_toolkit.pipeline",
+            "slm_toolkit.report",
+            "slm_toolkit.run_folder",
+        ],
+    ),
     ("apps", ["slm_toolkit.cli", "slm_toolkit.serving"]),
 ]
 # Packages of one layer that must not import each other.
@@ -54,9 +62,27 @@ SIBLINGS = {
 }
 # Third-party libraries that take seconds to import or are optional.
 HEAVY_LIBS = {
-    "torch", "transformers", "onnxruntime", "onnx", "optimum", "torchao", "bitsandbytes", "tensorrt",
-    "torch_pruning", "matplotlib", "fastapi", "uvicorn", "starlette", "tokenizers", "numpy", "gguf",
-    "onnxruntime_genai", "llama_cpp", "accelerate", "safetensors", "prometheus_client",
+    "torch",
+    "transformers",
+    "onnxruntime",
+    "onnx",
+    "optimum",
+    "torchao",
+    "bitsandbytes",
+    "tensorrt",
+    "torch_pruning",
+    "matplotlib",
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "tokenizers",
+    "numpy",
+    "gguf",
+    "onnxruntime_genai",
+    "llama_cpp",
+    "accelerate",
+    "safetensors",
+    "prometheus_client",
 }
 
 
@@ -136,7 +162,9 @@ def test_no_upward_or_sideways_import() -> None:
             if t is None or t == m or t == "slm_toolkit":
                 continue
             if _layer(t) > _layer(m):
-                bad.append(f"{MODULES[m].name}:{line} {m} ({LAYERS[_layer(m)][0]}) imports {t} ({LAYERS[_layer(t)][0]})")
+                bad.append(
+                    f"{MODULES[m].name}:{line} {m} ({LAYERS[_layer(m)][0]}) imports {t} ({LAYERS[_layer(t)][0]})"
+                )
             elif _sibling(m) and _sibling(t) and _sibling(m) != _sibling(t):
                 bad.append(f"{m}:{line} imports {t}: stage packages do not import each other")
     assert not bad, "upward or sideways imports:\n" + "\n".join(bad)
@@ -157,7 +185,7 @@ def test_no_import_cycle() -> None:
         stack.append(n)
         for nxt in sorted(graph[n]):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)
