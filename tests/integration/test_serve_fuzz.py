@@ -151,3 +151,23 @@ def test_no_5xx_and_no_schema_violation(srv, doc, route):
         _check(doc, route, srv.client.post(route, json=body))
 
     run()
+
+
+def test_get_routes_answer_as_documented(srv, doc):
+    """Model ids of any text: 200 or 404 as documented; the probes and listings match their schemas."""
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(model_id=st.text(min_size=1, max_size=20).filter(lambda t: t.strip("/.") and "?" not in t and "#" not in t))
+    def run(model_id):
+        r = srv.client.get("/v1/models/" + model_id.lstrip("/"))
+        op = doc["paths"]["/v1/models/{model_id}"]["get"]
+        assert str(r.status_code) in op["responses"], r.text
+        jsonschema.validate(
+            r.json(), _schema(doc, op["responses"][str(r.status_code)]["content"]["application/json"]["schema"])
+        )
+
+    run()
+    for path in ("/health", "/ready", "/v1/models"):
+        r = srv.client.get(path)
+        content = doc["paths"][path]["get"]["responses"][str(r.status_code)]["content"]["application/json"]
+        jsonschema.validate(r.json(), _schema(doc, content["schema"]))

@@ -237,16 +237,20 @@ def test_a_large_prompt_does_not_stall_other_requests(long_model):
         srv.close()
 
 
-def test_streamed_timeout_reports_timeout_error(chat_model):
-    srv = Server(chat_model, delay=0.02, request_timeout=0.4)
+@pytest.mark.parametrize("scheduler", ["continuous", "naive"])
+def test_streamed_timeout_reports_timeout_error(chat_model, scheduler):
+    """--request-timeout holds while generating on both schedulers, streamed or not."""
+    srv = Server(chat_model, delay=0.02, request_timeout=0.4, scheduler=scheduler)
     try:
         body = {"prompt": "Natalia", "max_tokens": 200, "ignore_eos": True, "stream": True}
         with srv.client.stream("POST", "/v1/completions", json=body) as r:
             lines = list(r.iter_lines())
         events = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
         assert events[-1]["error"]["type"] == "timeout_error" and events[-1]["error"]["code"] == 408
+        t0 = time.perf_counter()
         plain = srv.client.post("/v1/completions", json={**body, "stream": False})
         assert plain.status_code == 408 and plain.json()["error"]["type"] == "timeout_error"
+        assert time.perf_counter() - t0 < 2.0  # 200 tokens x 20 ms would take 4 s
     finally:
         srv.close()
 
