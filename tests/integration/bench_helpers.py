@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from slm_toolkit.core.artifacts import write_meta
 from slm_toolkit.demo.tokenizer import build_demo_tokenizer
 
 
@@ -28,4 +29,6 @@ def make_tiny(folder: Path) -> Path:
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
+    # a demo-world model: chat prompts end with <think>, as slm serve reads from slm_meta.json
+    write_meta(folder, kind="hf", reasoning_marker="<think>")
     return folder
