@@ -176,7 +176,7 @@ def save_checkpoint(folder: Path, model, opt, extra: dict) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in msd.items()}, str(tmp / "model.safetensors"))
+    save_file(_unshared(msd), str(tmp / "model.safetensors"))
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "trainer.json").write_text(
         json.dumps(extra | {"optimizer_scalars": scalars, "param_groups": osd["param_groups"]}, default=float)
@@ -186,6 +186,17 @@ def save_checkpoint(folder: Path, model, opt, extra: dict) -> None:
         folder.rename(old)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _unshared(state: dict) -> dict:
+    """Contiguous tensors, each in its own memory: safetensors refuses tensors that share it (tied
+    embeddings: lm_head.weight is embed_tokens.weight), so a repeated one is stored as a copy."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        value = value.contiguous()
+        out[key] = value.clone() if value.data_ptr() in seen else value
+        seen.add(value.data_ptr())
+    return out
 
 
 def load_checkpoint(folder: Path, model, opt) -> dict:
