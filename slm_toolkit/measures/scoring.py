@@ -8,7 +8,9 @@ numbers (up to float rounding):
 - a PyTorch generator (it has a `model`): one forward pass over the whole padded sequence;
 - any other backend (ONNX Runtime, TensorRT, ...): `prefill(prefixes)` then one `decode_step`
   per continuation token, the KV cache doing the work. Only the protocol is used, so every
-  artifact the runtime can open is scored the same way; the prefix itself is not scored.
+  artifact the runtime can open is scored the same way; the prefix itself is not scored;
+- an engine outside the toolkit's runtime (a benchmark's peer) may bring its own
+  `teacher_forced(prefixes, continuations)` with the same contract; it is used as is.
 
 On top of it:
 - `segment_perplexity`: mean NLL and perplexity of the prompt (PyTorch only), CoT and answer
@@ -45,6 +47,9 @@ def teacher_forced(
 
     if len(prefixes) != len(continuations):
         raise ValueError("teacher_forced needs one continuation per prefix")
+    own = getattr(generator, "teacher_forced", None)
+    if own is not None:  # an engine that scores in its own way (e.g. a subprocess with all logits)
+        return own(prefixes, continuations)
     out: list[tuple[Any, Any]] = [(np.zeros(0), np.zeros(0, dtype=np.int64))] * len(prefixes)
     todo = [i for i, c in enumerate(continuations) if len(c)]
     order = sorted(todo, key=lambda i: len(prefixes[i]) + len(continuations[i]))
@@ -125,7 +130,7 @@ def shown_perplexity(ppl: float | None, vocab_size: float | None) -> float | Non
 
 
 def _as_generator(obj: Any) -> Any:
-    if hasattr(obj, "prefill"):
+    if hasattr(obj, "prefill") or hasattr(obj, "teacher_forced"):
         return obj
     from slm_toolkit.runtime.torch import TorchGenerator
 

@@ -12,6 +12,8 @@
           limit: 64          # eval examples scored for perplexity, input vs pruned (null = all)
           generate: 64       # of those, examples generated for exact match (0 = none)
           max_new_tokens: null   # generation budget; null = from the data
+          latency_rounds: 5      # interleaved batch-1 decode timings, input vs pruned
+          latency_new_tokens: 32
 
 What needs the model (a ratio that would remove every KV head, more layers than the model has)
 is checked when the stage starts, with a message naming the field.
@@ -49,6 +51,8 @@ class MeasureConfig(BaseModel):
     limit: PositiveInt | None = 64
     generate: NonNegativeInt = 64
     max_new_tokens: PositiveInt | None = None
+    latency_rounds: PositiveInt = 5
+    latency_new_tokens: PositiveInt = 32
 
 
 class PruneConfig(BaseModel):

@@ -37,8 +37,6 @@ from slm_toolkit.stage import StageInput, StageOutput
 RELOAD_ATOL = 1e-4  # fp32 reload of the same weights is exact; this only allows for kernels
 ONNX_PROMPTS = 4
 ONNX_NEW_TOKENS = 16
-LATENCY_NEW_TOKENS = 32
-LATENCY_ROUNDS = 5
 
 
 class PruneGateError(RuntimeError):
@@ -243,7 +241,9 @@ def quality_and_speed(
             n_eval=float(len(generated)),
         )
     prompt = prompt_ids(tokenizer, examples[0].prompt)
-    speed = interleaved_latency({"input": before, "pruned": after}, prompt, LATENCY_NEW_TOKENS, LATENCY_ROUNDS)
+    speed = interleaved_latency(
+        {"input": before, "pruned": after}, prompt, measure.latency_new_tokens, measure.latency_rounds
+    )
     t0, t1 = speed["input"]["latency_ms_median"], speed["pruned"]["latency_ms_median"]
     out.update(input_latency_ms_median=t0, latency_ms_median=t1, speedup=t0 / t1 if t1 else 0.0)
     return out
@@ -272,7 +272,7 @@ def report_md(cfg: PruneConfig, m: dict[str, float], dropped: list[int]) -> str:
             f"{m['accuracy']:.3f} | retention {m['retention']:.2f} |"
         )
     rows.append(
-        f"| batch-1 decode, {LATENCY_NEW_TOKENS} tokens | {m['input_latency_ms_median']:.1f} ms | "
+        f"| batch-1 decode, {cfg.measure.latency_new_tokens} tokens | {m['input_latency_ms_median']:.1f} ms | "
         f"{m['latency_ms_median']:.1f} ms | ×{m['speedup']:.2f} faster |"
     )
     return (
