@@ -23,6 +23,7 @@ the same text on both schedulers and through `Generator.generate`.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -93,7 +94,10 @@ class Engine:
         self.generator: Generator | None = None
         self.ready = threading.Event()
         self.load_error: BaseException | None = None
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()  # guards _waiting and _stopping
+        # the engine thread sleeps on this doorbell when idle: a C-level queue wakes it with one
+        # release (a Condition's notify wakes it into a second wait for the notifier's lock)
+        self._bell: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: deque[GenRequest | Job] = deque()
         self._groups: list[_Group] = []
         self._running = 0  # sequences in the groups (read by submit without the lock: a hint)
@@ -119,7 +123,7 @@ class Engine:
 
     def submit_all(self, reqs: Sequence[GenRequest | Job]) -> None:
         """Queue the sequences of one request (n > 1 or a list of prompts: several): all or none."""
-        with self._cv:
+        with self._lock:
             if self._stopping:
                 raise EngineUnavailable("the server is shutting down")
             if not self.ready.is_set():
@@ -132,22 +136,21 @@ class Engine:
             if len(self._waiting) + len(reqs) > self.max_queue + free_slots:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
             self._waiting.extend(reqs)
-            self._cv.notify()
+        self._bell.put(None)
 
     def cancel(self, req: GenRequest | Job, reason: str = "cancelled") -> None:
         if req.cancel_reason is None:
             req.cancel_reason = reason
-        with self._cv:
-            self._cv.notify()
+        self._bell.put(None)
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Refuse new requests; finish (drain=True) or cancel what was accepted; join the thread."""
-        with self._cv:
+        with self._lock:
             self._stopping = True
             if not drain:
                 for item in list(self._waiting) + [r for g in self._groups for r in g.reqs]:
                     item.cancel_reason = item.cancel_reason or "cancelled"
-            self._cv.notify()
+        self._bell.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -170,11 +173,15 @@ class Engine:
             "" if self.batch_invariant else ", one sequence per model call: this model is not batch-invariant",
         )
         while True:
-            with self._cv:
-                while not (self._waiting or self._groups or self._stopping):
-                    self._cv.wait()
+            with self._lock:
+                idle = not (self._waiting or self._groups or self._stopping)
                 if self._stopping and not self._waiting and not self._groups:
                     break
+            if idle:
+                self._bell.get()  # a submit, cancel or stop rang it (rings while we looked count too)
+                while not self._bell.empty():
+                    self._bell.get_nowait()
+                continue
             try:
                 self._step()
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the server
@@ -213,7 +220,7 @@ class Engine:
     def _gauges(self) -> None:
         self._running = sum(len(g.reqs) for g in self._groups)
         self.metrics.running.set(self._running)
-        with self._cv:
+        with self._lock:
             self.metrics.waiting.set(len(self._waiting))
 
     @staticmethod
@@ -242,7 +249,7 @@ class Engine:
         jobs, new, budget = [], [], self.token_budget
         free = self.max_batch_size - sum(len(g.reqs) for g in self._groups)
         now = time.perf_counter()
-        with self._cv:
+        with self._lock:
             while self._waiting:
                 item = self._waiting[0]
                 if self._retire(item, now):
