@@ -23,23 +23,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from slm_toolkit.core.types import NonNegativeInt, PositiveInt
+from slm_toolkit.core.types import FractionBelow1, NonNegativeInt, PositiveInt
 
 
 class CalibrationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    samples: int = Field(128, description="training examples used to score importance / rank layers")
-    batch_size: int = 16
-
-    @field_validator("samples", "batch_size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    samples: PositiveInt = Field(128, description="training examples used to score importance / rank layers")
+    batch_size: PositiveInt = 16
 
 
 class MeasureConfig(BaseModel):
@@ -58,37 +51,14 @@ class MeasureConfig(BaseModel):
 class PruneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    heads: float = 0.0  # fraction of KV-head groups removed in every layer
-    mlp: float = 0.0  # fraction of MLP intermediate channels removed in every layer
-    hidden: float = 0.0  # fraction of the hidden (embedding) width removed
-    layers: int = 0  # number of whole decoder layers dropped
+    heads: FractionBelow1 = 0.0  # fraction of KV-head groups removed in every layer
+    mlp: FractionBelow1 = 0.0  # fraction of MLP intermediate channels removed in every layer
+    hidden: FractionBelow1 = 0.0  # fraction of the hidden (embedding) width removed
+    layers: NonNegativeInt = 0  # number of whole decoder layers dropped
     importance: Literal["magnitude", "taylor", "activation"] = "taylor"
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    round_to: int = 8
+    round_to: PositiveInt = 8
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
-
-    @field_validator("heads", "mlp", "hidden")
-    @classmethod
-    def _fraction(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError("must be >= 0")
-        if v >= 1:
-            raise ValueError("must be < 1")
-        return v
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError("must be >= 0")
-        return v
-
-    @field_validator("round_to")
-    @classmethod
-    def _round_to(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
 
     @model_validator(mode="after")
     def _something_to_prune(self) -> PruneConfig:
