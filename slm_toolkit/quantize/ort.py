@@ -77,7 +77,7 @@ def _dynamic(model_in: Path, model_out: Path, external: bool) -> None:
         str(model_out),
         nodes_to_quantize=weight_matmuls(model) + embedding_gathers(model),
         op_types_to_quantize=["MatMul", "Gather"],
-        per_channel=False,
+        per_channel=True,  # SmolLM2-135M GSM8K CoT perplexity: fp32 4.25, per-tensor 4.77, per-channel 4.49
         weight_type=QuantType.QInt8,
         use_external_data_format=external,
     )
