@@ -27,7 +27,7 @@ import torch
 from slm_toolkit.core.accounting import Accountant
 from slm_toolkit.core.artifacts import Kind, hash_folder, write_meta
 from slm_toolkit.data.example import TokenizedExample
-from slm_toolkit.data.segments import tokenize_examples
+from slm_toolkit.data.segments import THINK_OPEN, prompt_ids, tokenize_examples
 from slm_toolkit.distill import onpolicy
 from slm_toolkit.distill.batching import cache_sequences, collate, plan_steps, total_steps
 from slm_toolkit.distill.config import DistillConfig
@@ -279,8 +279,17 @@ def save(cfg: DistillConfig, inp: StageInput, s: Setup, history: list[float]) ->
             teacher=str(s.teacher_path),
             metrics=metrics,
             config=cfg.model_dump(),
+            reasoning_marker=reasoning_marker(s.tokenizer),
         )
     return metrics
+
+
+def reasoning_marker(tokenizer) -> str | None:
+    """`<think>` when the training layout put it between the prompt and the CoT (the generation
+    prompt ends with it), else None: `slm serve` ends its chat prompt the way training did
+    (serving/artifact.py reads it from slm_meta.json)."""
+    text = tokenizer.decode(prompt_ids(tokenizer, "x"), skip_special_tokens=False)
+    return THINK_OPEN if text.rstrip().endswith(THINK_OPEN) else None
 
 
 def sum_over_processes(metrics: dict[str, float], n_proc: int) -> dict[str, float]:

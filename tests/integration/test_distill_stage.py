@@ -37,6 +37,8 @@ def test_stage_trains_saves_and_accounts(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(inp.workdir)  # a plain HF folder
     assert model.config.hidden_size == 16
     assert read_meta(inp.workdir)["stage"] == "distill"
+    # trained as <bos> prompt <think> cot: slm serve's chat prompt must end with <think> too
+    assert read_meta(inp.workdir)["reasoning_marker"] == "<think>"
     assert not (inp.workdir / "checkpoints").exists()
     m = out.metrics
     assert m["steps"] == 12 and m["examples"] == 96
