@@ -41,7 +41,7 @@ from slm_toolkit.serving.engine import (
 from slm_toolkit.serving.metrics import ServerMetrics
 from slm_toolkit.serving.middleware import Guard
 from slm_toolkit.serving.openapi import document
-from slm_toolkit.serving.text import TextAssembler
+from slm_toolkit.serving.text import TextAssembler, token_bytes
 
 log = logging.getLogger("slm_toolkit.serving")
 OFFLOAD_CHARS = 8192  # longer prompts are tokenized off the event loop
@@ -295,7 +295,7 @@ class Service:
     def chat_logprobs(self, entries: list[tuple[int, tuple]]) -> dict:
         def item(token: int, lp: float) -> dict:
             text = self.token_text(token)
-            return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+            return {"token": text, "logprob": lp, "bytes": token_bytes(self.tokenizer, token, text)}
 
         content = [
             {**item(token, info[0]), "top_logprobs": [item(t, lp) for t, lp in info[1]]} for token, info in entries

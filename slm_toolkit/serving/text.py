@@ -11,7 +11,9 @@ become a stop string or an incomplete UTF-8 character is held back. Stop strings
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from functools import cache
 
 
 class TextAssembler:
@@ -80,3 +82,37 @@ class TextAssembler:
             if any(s.startswith(tail) for s in self._stops):
                 return k
         return 0
+
+
+def token_bytes(tokenizer, token: int, text: str) -> list[int]:
+    """The UTF-8 bytes a token stands for (OpenAI's logprobs `bytes`). `text` is its decoded text;
+    a token holding part of a character decodes to U+FFFD, so its raw bytes come from its vocabulary
+    entry instead: byte-level BPE (GPT-2's byte-to-character map) or a byte-fallback piece `<0xNN>`."""
+    if "\ufffd" not in text:
+        return list(text.encode("utf-8"))
+    piece = tokenizer.convert_ids_to_tokens(token)
+    if isinstance(piece, str):
+        if m := _BYTE_PIECE.fullmatch(piece):
+            return [int(m.group(1), 16)]
+        table = _unicode_to_byte()
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        if type(decoder).__name__ == "ByteLevel" and piece and all(c in table for c in piece):
+            return [table[c] for c in piece]
+    return list(text.encode("utf-8"))
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+@cache
+def _unicode_to_byte() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode: printable bytes stand for themselves, the others for
+    the characters from U+0100 on, in order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {chr(b): b for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            table[chr(256 + n)] = b
+            n += 1
+    return table
