@@ -101,7 +101,7 @@ async def send(
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
-                    break
+                    continue  # read to the end of the body (as the openai client does): the connection is reused
                 obj = json.loads(data)
                 if "error" in obj:
                     res.error = json.dumps(obj["error"])[:500]
