@@ -50,3 +50,20 @@ def test_nested_blocks_keep_the_outer_file(tmp_path):
         with quiet_run(tmp_path / "inner.log"):
             logging.getLogger("otherlib").warning("inside")
     assert "inside" in (tmp_path / "outer.log").read_text() and not (tmp_path / "inner.log").exists()
+
+
+def test_optional_heavy_libraries_are_imported_only_by_the_stages_that_use_them():
+    """Importing the CLI, the pipeline and every stage's module imports none of torchao,
+    bitsandbytes, TensorRT or the ONNX exporter: those load inside the stage that needs them."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "import slm_toolkit.cli, slm_toolkit.pipeline, slm_toolkit.evaluate.stage, slm_toolkit.prune.stage\n"
+        "import slm_toolkit.distill.stage, slm_toolkit.quantize.stage, slm_toolkit.export.stage\n"
+        "import slm_toolkit.runtime.torch, slm_toolkit.runtime.onnxruntime, slm_toolkit.bench.stage\n"
+        "print([m for m in ('torchao', 'bitsandbytes', 'tensorrt', 'optimum.exporters') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
