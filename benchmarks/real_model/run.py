@@ -227,18 +227,9 @@ def _slm_ort(folder: Path) -> Callable[[int], Any]:
 
 
 def _params(hf_folder: Path) -> int:
-    """Parameters of a Hugging Face folder from its safetensors headers (tied weights stored once)."""
-    from safetensors import safe_open
+    from slm_toolkit.measures.metrics import safetensors_parameter_count
 
-    total = 0
-    for f in sorted(Path(hf_folder).glob("*.safetensors")):
-        with safe_open(str(f), "np") as st:
-            for key in st.keys():
-                n = 1
-                for d in st.get_slice(key).get_shape():
-                    n *= d
-                total += n
-    return total
+    return int(safetensors_parameter_count(hf_folder) or 0)
 
 
 def _bytes(path: Path) -> int:

@@ -114,6 +114,9 @@ def run(cfg: EvaluateConfig, inp: StageInput) -> StageOutput:
 def _parameters(model: Any, artifact: Path, kind: Kind) -> int:
     if model is not None:
         return M.count_parameters(model)
+    source = M.lineage_parameter_count(artifact)  # the model it was exported from, when known
+    if source is not None:
+        return source
     if kind == Kind.ONNX:
         return M.onnx_parameter_count(artifact)
     return int(read_meta(artifact).get("metrics", {}).get("params", 0))  # engines: from the lineage

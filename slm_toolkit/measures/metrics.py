@@ -5,6 +5,8 @@ stages never count differently. Nothing here reads a config object: plain argume
 
 - `count_parameters(model)`: unique parameters of a torch model (tied weights counted once).
 - `onnx_parameter_count(folder)`: elements of the initializers of an ONNX folder's graphs.
+- `safetensors_parameter_count(folder)`, `lineage_parameter_count(folder)`: a Hugging Face
+  folder's parameters from its safetensors headers; an exported artifact's, from its source.
 - `bytes_on_disk(folder)`: bytes of the files that make up the model (weights, config, tokenizer).
 - `generation_budget(...)`: max_new_tokens enough for the longest reference continuation.
 - `greedy_generations(...)`, `answers_of(...)`, `answer_scores(...)`, `exact_match(...)`: greedy
@@ -14,6 +16,7 @@ stages never count differently. Nothing here reads a config object: plain argume
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from slm_toolkit.core.artifacts import read_meta
 from slm_toolkit.data.answers import is_correct
 from slm_toolkit.data.example import Example
 from slm_toolkit.data.segments import extract_answer, prompt_ids, tokenize_examples, uses_think_markers
@@ -61,6 +65,36 @@ def onnx_parameter_count(folder: Path | str) -> int:
         for init in graph.initializer:
             total += math.prod(init.dims) if init.dims else 1
     return int(total)
+
+
+def safetensors_parameter_count(folder: Path | str) -> int | None:
+    """Elements of the tensors in a folder's *.safetensors files, read from their JSON headers
+    (nothing loaded; tied weights are stored once); None when the folder has no safetensors."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        with path.open("rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return int(total)
+
+
+def lineage_parameter_count(folder: Path | str, depth: int = 8) -> int | None:
+    """Parameters of the Hugging Face model an exported artifact was made from: slm_meta.json's
+    `parent` links are followed to the first folder with safetensors weights (an ONNX file's
+    initializers count a quantized weight's scales, and an untied lm_head twice)."""
+    path = Path(folder)
+    for _ in range(depth):
+        parent = read_meta(path).get("parent")
+        if not parent or not Path(parent).is_dir():
+            return None
+        path = Path(parent)
+        count = safetensors_parameter_count(path)
+        if count is not None:
+            return count
+    return None
 
 
 def bytes_on_disk(folder: Path | str) -> int:

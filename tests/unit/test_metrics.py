@@ -83,6 +83,20 @@ def test_bytes_on_disk_counts_model_files_only(tmp_path, model, tok):
     assert M.bytes_on_disk(tmp_path) == size + 123
 
 
+def test_parameters_from_safetensors_headers_and_lineage(tmp_path, model, tok):
+    from slm_toolkit.core.artifacts import write_meta
+
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    assert M.safetensors_parameter_count(tmp_path / "hf") == M.count_parameters(model)
+    assert M.safetensors_parameter_count(tmp_path) is None
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "int8").mkdir()
+    write_meta(tmp_path / "onnx", kind="onnx", parent=str(tmp_path / "hf"))
+    write_meta(tmp_path / "int8", kind="onnx", parent=str(tmp_path / "onnx"))
+    assert M.lineage_parameter_count(tmp_path / "int8") == M.count_parameters(model)
+    assert M.lineage_parameter_count(tmp_path / "hf") is None  # no parent
+
+
 def test_onnx_parameter_count(tmp_path):
     import numpy as np
     import onnx
