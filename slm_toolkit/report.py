@@ -121,9 +121,9 @@ def _producer_label(record: dict[str, Any], pruned_before: bool) -> str:
         base = "healed" if pruned_before else "distilled"
         truncate = cfg.get("truncate") or {}
         if truncate.get("fraction"):
-            return f"{base} (first {truncate['fraction']:.0%})"
+            return f"{base}, first {truncate['fraction']:.0%}"
         if truncate.get("tokens"):
-            return f"{base} (first {truncate['tokens']} tokens)"
+            return f"{base}, first {truncate['tokens']} tokens"
         return base
     if name == "export":
         fmt = cfg.get("format", "onnx")

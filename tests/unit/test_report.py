@@ -30,7 +30,7 @@ CHAIN = [
 
 def test_each_evaluated_artifact_is_named_by_what_it_is():
     names = [R.artifact_label(CHAIN, i) for i, r in enumerate(CHAIN) if r["name"] == "evaluate"]
-    assert names == ["teacher", "base student", "distilled", "pruned", "healed (first 50%)", "int8 ONNX", "int4 ONNX"]
+    assert names == ["teacher", "base student", "distilled", "pruned", "healed, first 50%", "int8 ONNX", "int4 ONNX"]
     assert R.artifact_label([_rec("prune"), _rec("distill", {"student": "previous"}), _rec("evaluate")], 2) == "healed"
     assert R.artifact_label([_rec("export"), _rec("evaluate")], 1) == "ONNX fp32"
 
