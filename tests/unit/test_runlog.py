@@ -17,7 +17,8 @@ def test_third_party_output_goes_to_the_log_file(tmp_path, capfd):
     lib.propagate = False
     log = tmp_path / "run.log"
     try:
-        with quiet_run(log):
+        with quiet_run(log), warnings.catch_warnings():
+            warnings.simplefilter("always")  # whatever filter the test run set (-W ignore)
             lib.warning("Failed to load _C_mxfp8.so")
             logging.warning("Please consider to run pre-processing before quantization")  # the root logger
             warnings.warn_explicit("TracerWarning: converting a tensor to a Python boolean", UserWarning, "x.py", 3)
