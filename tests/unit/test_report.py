@@ -60,7 +60,8 @@ def test_plot_path_log_axis_and_labels_that_do_not_overlap(tmp_path):
     boxes = [t.get_window_extent(renderer) for t in labels]
     assert [t.get_text() for t in labels] == [label for label, *_ in pts]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
-    assert len([t for t in ax.texts if not t.get_text()]) == 5  # teacher -> distilled -> pruned -> healed -> int8 -> int4
+    # the chain's arrows: teacher -> distilled -> pruned -> healed -> int8 -> int4
+    assert len([t for t in ax.texts if not t.get_text()]) == 5
     plt.close(fig)
     narrow = [("a", 10.0, 0.1, True), ("b", 50.0, 0.2, True)]
     fig, ax = plt.subplots()
