@@ -7,8 +7,9 @@ genai int4     onnxruntime-genai's model builder on the teacher folder, run by a
                has it and transformers 5 (its builder's requirement): --genai-python, else the
                environment benchmarks/inference/genai_env.py creates
 students       read from recipe run folders (manifest.json): the pruned model, the healed
-               (distilled) model of each run, and the run's int8 / int4 ONNX artifacts; an int4 is
-               quantized here from the run's ONNX export when the run made none
+               (distilled) model of each run, and the run's int8 / int4 ONNX artifacts; int8
+               (dynamic), int8w (weight-only MatMulNBits) and int4 are quantized here from the
+               run's ONNX export when the run made none
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from slm_toolkit.quantize.ort import quantize_onnx
 
 HERE = Path(__file__).resolve().parent
 _SIDE_FILES = (".json", ".jinja", ".txt", ".model")
+# the student's quantized rows: model name -> the toolkit's scheme
+STUDENT_SCHEMES = {"int8": "ort_int8_dynamic", "int8w": "ort_int8_weight", "int4": "ort_int4"}
 
 
 def teacher_folder() -> Path:
@@ -104,15 +107,15 @@ def run_artifacts(run_dir: Path) -> dict[str, object]:
             }
         elif name == "export" and cfg.get("format", "onnx") == "onnx":
             found["onnx"] = folder
-        elif name == "quantize" and str(cfg.get("scheme", "")).startswith("ort_int"):
-            found["int8" if "int8" in cfg["scheme"] else "int4"] = folder
+        elif name == "quantize" and cfg.get("scheme") in STUDENT_SCHEMES.values():
+            found[next(k for k, v in STUDENT_SCHEMES.items() if v == cfg["scheme"])] = folder
     return found
 
 
 def student_onnx(found: dict[str, object], root: Path) -> dict[str, object]:
-    """Add an int4 (and int8) of the run's ONNX export when the run made none."""
+    """Add the int8, int8w and int4 of the run's ONNX export that the run did not make."""
     if "onnx" in found:
-        for fmt, scheme in (("int8", "ort_int8_dynamic"), ("int4", "ort_int4")):
+        for fmt, scheme in STUDENT_SCHEMES.items():
             if fmt not in found:
                 found[fmt] = quantized(Path(found["onnx"]), root / f"student_{fmt}", scheme)
     return found

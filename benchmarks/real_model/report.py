@@ -52,7 +52,7 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
                 add(f"truncated / full {key}", r, "<= 0.6", r <= 0.6)
     for model, fp32 in (("teacher", ("teacher", "slm_ort_fp32")), ("student", ("healed_full", "slm_ort_fp32"))):
         base = _get(rows, *fp32, 1)
-        for fmt, limit in (("int8", 1.02), ("int4", 1.05)):
+        for fmt, limit in (("int8", 1.02), ("int8w", 1.02), ("int4", 1.05)):
             q = _get(rows, "teacher" if model == "teacher" else fmt, f"slm_ort_{fmt}", 1)
             if base and q and base["ppl_cot"] and q["ppl_cot"]:
                 r = q["ppl_cot"] / base["ppl_cot"]

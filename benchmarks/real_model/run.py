@@ -11,7 +11,8 @@ Rows (model x runtime x threads, batch 1):
     pruned       slm_torch_fp32                        (the run's prune stage)
     healed_full  slm_torch_fp32, slm_ort_fp32          (the run's distill stage, full sequences)
     healed_trunc slm_torch_fp32                        (the truncated run's distill stage)
-    int8 / int4  slm_ort_int8 / slm_ort_int4           (the healed student, quantized)
+    int8 / int8w / int4  slm_ort_int8 / slm_ort_int8w / slm_ort_int4   (the healed student, quantized:
+                 dynamic int8, weight-only 8-bit MatMulNBits, 4-bit MatMulNBits)
 Quality (once per row, thread count does not change it): ppl_cot / ppl_answer over the same
 --ppl-n GSM8K test problems (teacher-forced, measures/scoring.py; null where the runtime cannot
 score), agreement = share of the teacher's greedy tokens (slm_torch_fp32, --max-new tokens on
@@ -110,6 +111,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--em-n", type=int, default=64)
     ap.add_argument("--max-new", type=int, default=256)
     ap.add_argument("--smoke", action="store_true", help="tiny budgets, results under --work/smoke")
+    ap.add_argument(
+        "--quality-only",
+        action="store_true",
+        help="fill the quality cache and stop (it does not time anything: it may run beside other work)",
+    )
     args = ap.parse_args(argv)
     if not args.gsm8k or not (Path(args.gsm8k) / "test.jsonl").is_file():
         ap.error("--gsm8k (or $SLM_GSM8K) must name a folder with GSM8K's test.jsonl")
@@ -132,6 +138,9 @@ def run(args: argparse.Namespace, work: Path, out: Path) -> int:
     settings = {k: getattr(args, k) for k in ("ppl_n", "em_n", "max_new", "prompt_len", "new_tokens", "rounds")}
     teacher_tokens = reference_tokens(specs, tok, examples[: args.em_n], args.max_new, work)
     quality = {s.name: measure_quality(s, tok, examples, teacher_tokens, args, work) for s in specs if not s.skip}
+    if args.quality_only:
+        print(json.dumps(quality, indent=1))
+        return 0
     prompt = fixed_prompt(tok, examples, args.prompt_len)
     speed = {t: measure_speed([s for s in specs if not s.skip], t, prompt, args) for t in args.threads}
     rows = make_rows(specs, quality, speed, args.threads)
@@ -215,7 +224,7 @@ def _student_specs(found: dict[str, Any], healed: str, with_quantized: bool) -> 
         if with_quantized and "onnx" in found:
             specs.append(Spec(healed, "slm_ort_fp32", _slm_ort(Path(found["onnx"])), Path(found["onnx"]), n, train))
         if with_quantized:
-            for fmt in ("int8", "int4"):
+            for fmt in artifacts.STUDENT_SCHEMES:
                 if fmt in found:
                     folder = Path(found[fmt])
                     specs.append(Spec(fmt, f"slm_ort_{fmt}", _slm_ort(folder), folder, n))

@@ -1,7 +1,7 @@
 """The recipe's `data:` section (pydantic only, no torch: `slm validate` imports it).
 
 data:
-  source: builtin:arith-cot   # or a .jsonl file, or a folder with train.jsonl / test.jsonl
+  source: builtin:arith-cot   # or a .jsonl file, or a folder with train.jsonl / test.jsonl ($VARS expand)
   format: auto                # auto | fields | gsm8k | think
   train: 20000                # training examples
   eval: 500                   # held-out examples
@@ -14,6 +14,8 @@ the data is loaded.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -76,8 +78,22 @@ class DataConfig(BaseModel):
     def _source(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
+        v = _expand_env(v)
         check_data_source(v)
         return v
+
+
+def _expand_env(v: str) -> str:
+    """`$NAME` / `${NAME}` in a source become the variable's value; an unset one is an error."""
+    if "$" not in v:
+        return v
+    expanded = os.path.expandvars(v)
+    unset = re.findall(r"\$\{?(\w+)", expanded)
+    if unset:
+        raise ValueError(
+            f"{v!r} names ${unset[0]}, which is not set: export it or give the path (data.source=<folder>)"
+        )
+    return expanded
 
 
 def _in_range(v: int, lo: int, hi: int) -> int:

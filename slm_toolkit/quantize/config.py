@@ -35,7 +35,7 @@ class QuantizeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scheme: SchemeName = "int8_dynamic"
-    block_size: int = Field(32, description="ort_int4 only: weights per quantization block")
+    block_size: int = Field(32, description="ort_int4 and ort_int8_weight: weights per quantization block")
     calibration: CalibrationConfig = CalibrationConfig()
     limit: PositiveInt | None = Field(200, description="eval examples for the accuracy delta vs the input; null = all")
 

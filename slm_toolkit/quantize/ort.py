@@ -5,6 +5,8 @@
   prompts (a CalibrationDataReader feeding the merged decoder its first step: empty KV cache).
 - ort_int4: weight-only 4-bit `MatMulNBits` through onnxruntime's `MatMulNBitsQuantizer`
   (blocked, symmetric, block size configurable).
+- ort_int8_weight: the same kernel with 8-bit weights: activations stay float between layers
+  (no per-call activation quantization as in ort_int8_dynamic), so its error is the weights' alone.
 
 Only MatMuls with a constant weight are quantized (the linear layers, `weight_matmuls`);
 norms and the activation-by-activation MatMuls stay float. That matters: the rotary
@@ -29,9 +31,9 @@ from typing import Any
 MODEL_FILE = "model.onnx"
 # Protobuf caps a single .onnx file at 2 GB: above this, weights go to an external data file.
 _EXTERNAL_DATA_BYTES = 1_800_000_000
-# MatMulNBits accuracy_level 4 = int8 activations inside the kernel: the fast CPU path
+# MatMulNBits accuracy_level 4 = int8 activations inside the kernel (4- and 8-bit): the fast CPU path
 # (onnxruntime-genai's model builder uses the same for CPU int4).
-INT4_ACCURACY_LEVEL = 4
+NBITS_ACCURACY_LEVEL = 4
 
 
 def quantize_onnx(
@@ -51,7 +53,8 @@ def quantize_onnx(
     steps = {  # a scheme's onnxruntime settings live in its function below
         "ort_int8_dynamic": lambda external: _dynamic(model_in, model_out, external),
         "ort_int8_static": lambda external: _static(model_in, model_out, calibration_prompts, external),
-        "ort_int4": lambda external: _int4(model_in, model_out, block_size, external),
+        "ort_int4": lambda external: _nbits(model_in, model_out, 4, block_size, external),
+        "ort_int8_weight": lambda external: _nbits(model_in, model_out, 8, block_size, external),
     }
     if scheme not in steps:
         raise ValueError(f"{scheme!r} is not an ONNX Runtime scheme; choose one of {', '.join(steps)}")
@@ -153,23 +156,40 @@ def untie_lm_head(model: Any) -> int:
     return changed
 
 
-def _int4(model_in: Path, model_out: Path, block_size: int, external: bool) -> None:
+def _nbits(model_in: Path, model_out: Path, bits: int, block_size: int, external: bool) -> None:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(model_in))
     untie_lm_head(model)
+    # the embedding table: GatherBlockQuantized takes 4-bit blocks only (onnxruntime 1.22-1.23),
+    # so at 8 bits it becomes an int8 Gather (per-channel, as in ort_int8_dynamic) afterwards
+    table = bits == 4
     quantizer = MatMulNBitsQuantizer(
         model,
-        bits=4,
+        bits=bits,
         block_size=block_size,
         is_symmetric=True,
-        accuracy_level=INT4_ACCURACY_LEVEL,
-        op_types_to_quantize=("MatMul", "Gather"),  # the embedding table too (GatherBlockQuantized)
+        accuracy_level=NBITS_ACCURACY_LEVEL,
+        op_types_to_quantize=("MatMul", "Gather") if table else ("MatMul",),
         quant_axes=(("MatMul", 0), ("Gather", 1)),
     )
     quantizer.process()
-    quantizer.model.save_model_to_file(str(model_out), use_external_data_format=external)
+    if table:
+        quantizer.model.save_model_to_file(str(model_out), use_external_data_format=external)
+        return
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = quantizer.model.model
+    quantize_dynamic(
+        model,
+        str(model_out),
+        nodes_to_quantize=embedding_gathers(model),
+        op_types_to_quantize=["Gather"],
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        use_external_data_format=external,
+    )
 
 
 class DecoderCalibrationReader:

@@ -28,7 +28,7 @@ class QuantizeJob:
 
     scheme: str
     device: str = "cpu"
-    block_size: int = 32  # ort_int4: weights per quantization block
+    block_size: int = 32  # ort_int4 / ort_int8_weight: weights per quantization block
     calibration: Sequence[Sequence[int]] = ()  # tokenized prompts, for calibrated schemes
 
 
@@ -96,6 +96,7 @@ SCHEMES: dict[str, Scheme] = {
             "ort_int8_static", _ort, "int8 QDQ, activation ranges calibrated on the recipe's prompts", calibrated=True
         ),
         _onnx("ort_int4", _ort, "4-bit MatMulNBits weights, blocked"),
+        _onnx("ort_int8_weight", _ort, "8-bit MatMulNBits weights, blocked; float activations"),
     ]
 }
 

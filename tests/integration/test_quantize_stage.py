@@ -183,10 +183,11 @@ _EXPECTED_OPS = {
     "ort_int8_dynamic": {"MatMulInteger", "DynamicQuantizeLinear"},
     "ort_int8_static": {"QuantizeLinear", "DequantizeLinear"},
     "ort_int4": {"MatMulNBits"},
+    "ort_int8_weight": {"MatMulNBits"},
 }
 
 
-@pytest.mark.parametrize("scheme", ["ort_int8_dynamic", "ort_int8_static", "ort_int4"])
+@pytest.mark.parametrize("scheme", ["ort_int8_dynamic", "ort_int8_static", "ort_int4", "ort_int8_weight"])
 def test_ort_schemes(scheme, onnx_model, data, tmp_path):
     import onnx
 
@@ -199,9 +200,10 @@ def test_ort_schemes(scheme, onnx_model, data, tmp_path):
     graph = onnx.load(str(out.artifact / "model.onnx")).graph
     ops = {n.op_type for n in graph.node}
     assert _EXPECTED_OPS[scheme] <= ops, ops
-    if scheme == "ort_int4":
-        blocks = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
-        assert blocks == {32}
+    if scheme in ("ort_int4", "ort_int8_weight"):
+        attrs = {(a.name, a.i) for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute}
+        assert {a for a in attrs if a[0] == "block_size"} == {("block_size", 32)}
+        assert {a for a in attrs if a[0] == "bits"} == {("bits", 4 if scheme == "ort_int4" else 8)}
     # only the linear layers are quantized: the rotary `positions x inv_freq` MatMul and the attention
     # MatMuls stay float (a calibrated rotary MatMul clips later positions: accuracy fell to 0)
     producer = {o: n.op_type for n in graph.node for o in n.output}

@@ -237,3 +237,16 @@ def test_data_config_checks_a_plugin_source():
     with pytest.raises(ValueError, match="unknown builtin data 'builtin:nope'"):
         DataConfig(source="builtin:nope")
     assert DataConfig(source="some/folder/not/checked/yet").source  # paths are checked when loaded
+
+
+def test_data_source_expands_environment_variables(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from slm_toolkit.data.config import DataConfig
+
+    monkeypatch.setenv("SLM_TEST_DATA", str(tmp_path))
+    assert DataConfig(source="$SLM_TEST_DATA", format="gsm8k").source == str(tmp_path)
+    assert DataConfig(source="${SLM_TEST_DATA}/x.jsonl").source == f"{tmp_path}/x.jsonl"
+    monkeypatch.delenv("SLM_TEST_DATA")
+    with pytest.raises(ValidationError, match=r"names \$SLM_TEST_DATA, which is not set"):
+        DataConfig(source="$SLM_TEST_DATA", format="gsm8k")

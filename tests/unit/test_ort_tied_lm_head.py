@@ -62,7 +62,11 @@ def test_the_export_ties_through_a_transpose_and_untie_gives_it_a_weight(tied_on
 
 @pytest.mark.parametrize(
     "scheme,head_op,table_op",
-    [("ort_int8_dynamic", "MatMulInteger", "Gather"), ("ort_int4", "MatMulNBits", "GatherBlockQuantized")],
+    [
+        ("ort_int8_dynamic", "MatMulInteger", "Gather"),
+        ("ort_int4", "MatMulNBits", "GatherBlockQuantized"),
+        ("ort_int8_weight", "MatMulNBits", "Gather"),
+    ],
 )
 def test_quantized_lm_head_and_embedding(tied_onnx, tmp_path, scheme, head_op, table_op):
     quantize_onnx(tied_onnx / "onnx", tmp_path, scheme, block_size=16)
