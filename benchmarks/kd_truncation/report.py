@@ -205,7 +205,7 @@ def write_report(rows: list[dict], out: Path) -> None:
         "# kd_truncation results",
         "",
         *([notes.read_text().strip(), ""] if notes.exists() else []),
-        f"Settings of this run: `{settings}`; {len(rows)} cells.",
+        f"Training settings of every cell: `{settings}`; {len(rows)} cells.",
         "",
         __doc__.split("\n\n", 1)[1].strip(),
         "",

@@ -338,7 +338,8 @@ def run_all(a, results_path: Path) -> None:
     torch.set_num_threads(1)
     rows = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {cell_key(r, r["verify"], r["seed"]) for r in rows}
-    keys = ("groups", "verify", "seeds", "steps", "batch_size", "lr", "top_k", "n_eval", "task_steps", "models_dir")
+    # the training settings every cell shares (which groups / verifies a call ran is the rows' business)
+    keys = ("steps", "batch_size", "lr", "top_k", "n_eval", "task_steps", "models_dir")
     (a.out / "settings.json").write_text(
         json.dumps({k: str(getattr(a, k)) if k == "models_dir" else getattr(a, k) for k in keys})
     )
