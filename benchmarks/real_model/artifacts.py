@@ -53,6 +53,11 @@ def onnx_set(hf: Path, root: Path) -> dict[str, Path]:
 
 
 def quantized(src: Path, dst: Path, scheme: str) -> Path:
+    """dst = `scheme` of src, rebuilt when src changed since dst was made (a new run's export)."""
+    made_from = dst / "made_from.json"
+    source = {"src": str(Path(src).resolve()), "scheme": scheme, "stat": _stat(Path(src) / "model.onnx")}
+    if (dst / "model.onnx").is_file() and (not made_from.is_file() or json.loads(made_from.read_text()) != source):
+        shutil.rmtree(dst)
     if not (dst / "model.onnx").is_file():
         tmp = dst.with_name(dst.name + ".tmp")
         _fresh(tmp)
@@ -60,9 +65,15 @@ def quantized(src: Path, dst: Path, scheme: str) -> Path:
         for f in src.iterdir():
             if f.suffix in _SIDE_FILES and not (tmp / f.name).exists() and f.name != "slm_meta.json":
                 shutil.copy2(f, tmp / f.name)
+        (tmp / made_from.name).write_text(json.dumps(source))
         _fresh(dst)
         tmp.rename(dst)
     return dst
+
+
+def _stat(f: Path) -> list[int]:
+    st = f.stat()
+    return [st.st_size, st.st_mtime_ns]
 
 
 def genai_int4(hf: Path, root: Path, python: Path | None) -> tuple[Path | None, str | None]:

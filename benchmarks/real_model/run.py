@@ -302,7 +302,9 @@ def measure_quality(spec: Spec, tok: Any, examples: list, teacher_tokens, args, 
 def _key(spec: Spec, *settings: Any) -> str:
     h = hashlib.sha256(repr(settings).encode())
     root = Path(spec.folder)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    files = (
+        [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and p.name != "made_from.json")
+    )
     for f in files:
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
