@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             "request_errors": sum(n for code, n in statuses.items() if code != "200"),
             "requests_rejected": _counter(metrics, "requests_rejected_total"),
             "exact_match": results,
+            "first_responses": [  # what the harness got back, to read (the model is 89M parameters)
+                {"doc_id": r["doc_id"], "target": str(r.get("target", ""))[-40:], "response": _response(r)[:400]}
+                for r in sorted(samples, key=lambda r: r["doc_id"])[:3]
+            ],
             "concurrency": args.concurrent,
             "server_threads": args.threads,
             "eval_wall_s": round(eval_s, 1),
@@ -218,6 +222,12 @@ def _samples(out: Path) -> list[dict]:
                 row = json.loads(line)
                 rows[row["doc_id"]] = row
     return list(rows.values())
+
+
+def _response(sample: dict) -> str:
+    resps = sample.get("resps") or [[""]]
+    first = resps[0][0] if resps and isinstance(resps[0], list) else resps[0]
+    return str(first)
 
 
 def _version(python: str) -> str:
