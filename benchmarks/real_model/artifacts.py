@@ -27,6 +27,8 @@ HERE = Path(__file__).resolve().parent
 _SIDE_FILES = (".json", ".jinja", ".txt", ".model")
 # the student's quantized rows: model name -> the toolkit's scheme
 STUDENT_SCHEMES = {"int8": "ort_int8_dynamic", "int8w": "ort_int8_weight", "int4": "ort_int4"}
+_ROW_OF_SCHEME = {scheme: row for row, scheme in STUDENT_SCHEMES.items()}
+MADE_FROM = "made_from.json"  # what a quantized folder was made from (not part of the model)
 
 
 def teacher_folder() -> Path:
@@ -54,7 +56,7 @@ def onnx_set(hf: Path, root: Path) -> dict[str, Path]:
 
 def quantized(src: Path, dst: Path, scheme: str) -> Path:
     """dst = `scheme` of src, rebuilt when src changed since dst was made (a new run's export)."""
-    made_from = dst / "made_from.json"
+    made_from = dst / MADE_FROM
     source = {"src": str(Path(src).resolve()), "scheme": scheme, "stat": _stat(Path(src) / "model.onnx")}
     if (dst / "model.onnx").is_file() and (not made_from.is_file() or json.loads(made_from.read_text()) != source):
         shutil.rmtree(dst)
@@ -118,8 +120,8 @@ def run_artifacts(run_dir: Path) -> dict[str, object]:
             }
         elif name == "export" and cfg.get("format", "onnx") == "onnx":
             found["onnx"] = folder
-        elif name == "quantize" and cfg.get("scheme") in STUDENT_SCHEMES.values():
-            found[next(k for k, v in STUDENT_SCHEMES.items() if v == cfg["scheme"])] = folder
+        elif name == "quantize" and cfg.get("scheme") in _ROW_OF_SCHEME:
+            found[_ROW_OF_SCHEME[cfg["scheme"]]] = folder
     return found
 
 

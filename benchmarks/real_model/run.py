@@ -303,7 +303,9 @@ def _key(spec: Spec, *settings: Any) -> str:
     h = hashlib.sha256(repr(settings).encode())
     root = Path(spec.folder)
     files = (
-        [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and p.name != "made_from.json")
+        [root]
+        if root.is_file()
+        else sorted(p for p in root.rglob("*") if p.is_file() and p.name != artifacts.MADE_FROM)
     )
     for f in files:
         st = f.stat()

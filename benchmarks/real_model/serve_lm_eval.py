@@ -3,7 +3,7 @@
     python benchmarks/real_model/serve_lm_eval.py runs/smollm2-gsm8k/07-quantize \
         --gsm8k $SLM_GSM8K --lmeval-python /path/to/venv-with-lm-eval/bin/python --limit 50
 
-Starts `slm serve` on the artifact (127.0.0.1, access log on), runs the harness against its
+Starts `slm serve` on the artifact (slm_toolkit.bench.server: 127.0.0.1, access log on), runs the harness against its
 /v1/completions with GSM8K read from the local folder (a task file written here: the dataset
 hub is not reachable, the prompts and filters are lm-eval's own `gsm8k` task's), then counts the
 server's responses by HTTP status from its access log. Every request must answer 200: a
@@ -19,13 +19,15 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+import httpx
+
+from slm_toolkit.bench import server
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Serving"
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-gen-toks", type=int, default=256)
     ap.add_argument("--concurrent", type=int, default=4, help="requests in flight")
     ap.add_argument("--threads", type=int, default=2, help="the server's model threads")
-    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--port", type=int, default=None, help="default: a free loopback port")
     ap.add_argument("--out", default=str(HERE), help="folder with results.md")
     args = ap.parse_args(argv)
     gsm8k = Path(args.gsm8k or "")
@@ -103,47 +105,32 @@ def main(argv: list[str] | None = None) -> int:
         (work / "tasks" / "gsm8k_local.yaml").write_text(task)
         (work / "server.yaml").write_text("access_log: true\n")
         server_log = work / "server.log"
-        base = f"http://127.0.0.1:{args.port}"
         served = "smollm2-int8"
-        cmd = [sys.executable, "-m", "slm_toolkit.cli", "serve", str(artifact), "--port", str(args.port)]
-        cmd += ["--threads", str(args.threads), "--config", str(work / "server.yaml"), "--model-name", served]
+        extra = ["--threads", str(args.threads), "--config", str(work / "server.yaml"), "--model-name", served]
+        cmd = server.serve_command(artifact, args.port or server.free_port(), extra=extra)
         t0 = time.perf_counter()
-        with open(server_log, "w") as log:
-            server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                _wait_ready(base, server, timeout=300)
-                started = time.perf_counter()
-                model_args = ",".join(
-                    [
-                        f"model={served}",
-                        f"base_url={base}/v1/completions",
-                        f"num_concurrent={args.concurrent}",
-                        "max_retries=1",
-                        "tokenized_requests=False",
-                        "tokenizer_backend=huggingface",
-                        f"tokenizer={artifact}",
-                        f"max_gen_toks={args.max_gen_toks}",
-                        "timeout=600",
-                    ]
-                )
-                lm = [args.lmeval_python, "-m", "lm_eval", "--model", "local-completions"]
-                lm += ["--model_args", model_args, "--tasks", "gsm8k_local", "--include_path", str(work / "tasks")]
-                lm += ["--limit", str(args.limit), "--output_path", str(work / "out"), "--log_samples"]
-                env = {
-                    **os.environ,
-                    "HF_HUB_OFFLINE": "1",
-                    "HF_DATASETS_OFFLINE": "1",
-                    "TOKENIZERS_PARALLELISM": "false",
-                }
-                proc = subprocess.run(lm, env=env, capture_output=True, text=True)
-                eval_s = time.perf_counter() - started
-                metrics = _get(base + "/metrics").decode()
-            finally:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+        with server.launched(cmd, server_log) as (base, _):
+            started = time.perf_counter()
+            model_args = ",".join(
+                [
+                    f"model={served}",
+                    f"base_url={base}/v1/completions",
+                    f"num_concurrent={args.concurrent}",
+                    "max_retries=1",
+                    "tokenized_requests=False",
+                    "tokenizer_backend=huggingface",
+                    f"tokenizer={artifact}",
+                    f"max_gen_toks={args.max_gen_toks}",
+                    "timeout=600",
+                ]
+            )
+            lm = [args.lmeval_python, "-m", "lm_eval", "--model", "local-completions"]
+            lm += ["--model_args", model_args, "--tasks", "gsm8k_local", "--include_path", str(work / "tasks")]
+            lm += ["--limit", str(args.limit), "--output_path", str(work / "out"), "--log_samples"]
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+            proc = subprocess.run(lm, env=env, capture_output=True, text=True)
+            eval_s = time.perf_counter() - started
+            metrics = httpx.get(base + "/metrics", timeout=10).text
         log_text = server_log.read_text(errors="replace")
         statuses: dict[str, int] = {}
         for _, path, code in ACCESS.findall(log_text):
@@ -180,25 +167,6 @@ def main(argv: list[str] | None = None) -> int:
             print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", file=sys.stderr)
         ok = proc.returncode == 0 and summary["request_errors"] == 0 and len(samples) == args.limit
         return 0 if ok else 1
-
-
-def _wait_ready(base: str, server: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"slm serve exited with {server.returncode} before it was ready (see its log)")
-        try:
-            if json.loads(_get(base + "/ready")).get("status") == "ready":
-                return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"slm serve was not ready within {timeout:.0f} s")
-
-
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return r.read()
 
 
 def _counter(text: str, name: str) -> float:
